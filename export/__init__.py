@@ -1,0 +1,1 @@
+"""Checkpoint -> bundle converter (the only bridge from training to serving)."""

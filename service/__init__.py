@@ -1,0 +1,1 @@
+"""The translation service: bundle loading, onnxruntime engine, batching, HTTP API. No torch here."""

@@ -195,11 +195,11 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, Seq2SeqConfig | Non
         model_args["tie_embeddings"] = False
     cfg = TrainConfig(**{k: v for k, v in args.items()})
     cfg.model = {k: v for k, v in model_args.items() if v is not None}
-    if cfg.dry_run:
-        cfg.data, cfg.vocab_size, cfg.epochs, cfg.token_budget = str(FIXTURE), 200, 2, 600
-        cfg.warmup_steps, cfg.patience = 10, 2
-        if cfg.out == defaults.out:
-            cfg.out = "runs/dry-run"
+    if cfg.dry_run:  # small settings, except where given on the command line
+        tiny = {"data": str(FIXTURE), "out": "runs/dry-run", "vocab_size": 200, "epochs": 2, "token_budget": 600}
+        for name, value in {**tiny, "warmup_steps": 10, "patience": 2}.items():
+            if getattr(cfg, name) == getattr(defaults, name):
+                setattr(cfg, name, value)
         cfg.model = {"emb_dim": 32, "enc_hidden": 32, "dec_hidden": 64, "attn_dim": 32, **cfg.model}
     return cfg, None, resume
 

@@ -1,0 +1,50 @@
+# The two commands of a fresh machine:  make run   (serve)   and   make test   (test).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HOST PORT
+
+.PHONY: run test lint install-serve install-dev corpus train export bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Serving needs no torch.
+$(VENV)/.serve: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@ $(VENV)/.serve
+
+install-serve: $(VENV)/.serve
+install-dev: $(VENV)/.dev
+
+run: $(VENV)/.serve
+	$(BIN)/python -m service --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.dev
+	$(BIN)/ruff check model export service tests loadtest
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check model export service tests loadtest
+	$(BIN)/ruff format --check model export service tests loadtest
+	$(BIN)/mypy service
+
+# Training path: corpus -> model -> bundle (see README "Training the default bundle").
+corpus: $(VENV)/.dev
+	$(BIN)/python -m model.corpus --out data/bible
+
+train: corpus
+	$(BIN)/python -m model.train --data data/bible --out runs/en-es --resume
+
+export: $(VENV)/.dev
+	$(BIN)/python -m export.convert runs/en-es/best.pt bundles/en-es --test data/bible/test.tsv --evaluate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

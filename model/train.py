@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
             step += 1
             total, count = total + float(loss.detach()) * n, count + n
             bar.set_postfix(loss=f"{total / count:.3f}", tf=f"{tf_ratio:.2f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+            if bar.disable and step % 100 == 0:  # no terminal: a progress line in the log instead
+                print(f"  step {step}: loss {total / count:.3f}, tf {tf_ratio:.2f}, {count} tokens", flush=True)
             if cfg.max_minutes and (spent + time.time() - t0) > cfg.max_minutes * 60:
                 timed_out = True
                 break

@@ -168,7 +168,7 @@ def check_against_torch(model: Seq2Seq, folder: Path, srcs: list[list[int]], ato
     ort_tokens, ort_logps = ort_greedy(folder, srcs)
     ref = greedy(model, srcs)
     max_diff, mismatches = 0.0, []
-    for i, (src, (ref_tokens, _)) in enumerate(zip(srcs, ref)):
+    for i, (src, (ref_tokens, _)) in enumerate(zip(srcs, ref, strict=True)):
         if ort_tokens[i] != ref_tokens:
             mismatches.append(i)
         tl = torch_logprobs(model, src, ort_tokens[i])

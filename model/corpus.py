@@ -61,7 +61,7 @@ def read_moses(src_path: str | Path, tgt_path: str | Path) -> list[Pair]:
         raise ValueError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
     return [
         Pair(f"{Path(src_path).name}:{n}", s.strip(), t.strip())
-        for n, (s, t) in enumerate(zip(src, tgt), 1)
+        for n, (s, t) in enumerate(zip(src, tgt, strict=True), 1)
         if s.strip() and t.strip()
     ]
 

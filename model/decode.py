@@ -47,7 +47,7 @@ def greedy(model: Seq2Seq, srcs: list[list[int]]) -> list[tuple[list[int], torch
         if bool(done.all()):
             break
         prev = nxt.unsqueeze(1)
-    return [(tok, torch.stack(r)) for tok, r in zip(tokens, rows)]
+    return [(tok, torch.stack(r)) for tok, r in zip(tokens, rows, strict=True)]
 
 
 def length_penalty(length: int, alpha: float) -> float:

@@ -40,7 +40,7 @@ def plot_attention(model, src_tok, tgt_tok, sentences: list[str], path: Path) ->
     srcs = [encode(src_tok, s) for s in sentences]
     results = greedy(model, srcs)
     fig, axes = plt.subplots(len(sentences), 1, figsize=(10, 4.5 * len(sentences)))
-    for ax, src, (tokens, attn) in zip(axes if len(sentences) > 1 else [axes], srcs, results):
+    for ax, src, (tokens, attn) in zip(axes if len(sentences) > 1 else [axes], srcs, results, strict=True):
         ax.imshow(attn.numpy(), cmap="viridis", aspect="auto", vmin=0, vmax=1)
         ax.set_xticks(range(len(src)), [src_tok.id_to_token(i) for i in src], rotation=90, fontsize=7)
         ax.set_yticks(range(len(tokens)), [tgt_tok.id_to_token(i) for i in tokens], fontsize=7)

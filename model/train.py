@@ -158,7 +158,7 @@ def translate(model: Seq2Seq, tgt_tok, srcs: list[list[int]], batch_size: int = 
     out = [""] * len(srcs)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        for i, (tokens, _) in zip(idx, greedy(model, [srcs[i] for i in idx])):
+        for i, (tokens, _) in zip(idx, greedy(model, [srcs[i] for i in idx]), strict=True):
             out[i] = decode(tgt_tok, tokens)
     return out
 

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
 
     # Cache
     redis_url: str | None = None  # set to share cache, keys and rate limits between replicas
+    redis_prefix: str = "mt:"  # prefix of every Redis key the service writes
+    redis_timeout_s: float = 0.25  # connect and read timeout; past it Redis counts as down for that call
     cache_size: int = 10000  # embedded LRU entries
     cache_ttl_s: int = 86400
 

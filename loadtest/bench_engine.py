@@ -1,0 +1,323 @@
+"""Benchmark of the inference engine, side by side in one process on the test split.
+
+    python loadtest/bench_engine.py --bundle bundles/en-es --checkpoint runs/en-es/best.pt \\
+        --test data/bible/test.tsv --int8 --json loadtest/reports/bench_engine.json
+    python loadtest/bench_engine.py --dry-run --bundle B --test T   # seconds, for CI
+
+Rows, each greedy and beam 5: PyTorch eager batch 1 (with --checkpoint), onnxruntime batch 1,
+request-level batching, continuous batching with every sentence arriving at once and with
+Poisson arrivals, and continuous batching on a dynamic-int8 copy of the bundle (--int8).
+Figures: sentences/s, target tokens/s, p50/p99 per-sentence latency (arrival to answer), BLEU
+against the references; then the decoder step's achieved GFLOP/s at 64 rows next to the
+float32 matrix-product rate onnxruntime reaches on this machine with the same threads.
+Prints a Markdown table and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model.corpus import Pair, read_tsv  # noqa: E402
+from service.batcher import Batcher  # noqa: E402
+from service.bundle import Bundle, load_bundle  # noqa: E402
+from service.decoding import BeamSearch, GreedySearch, Search  # noqa: E402
+from service.engine import DecoderState, Engine  # noqa: E402
+
+BEAM = 5
+
+
+def make_search(bundle: Bundle, src_ids: list[int], beam: int) -> Search:
+    common = {"bos_id": bundle.bos_id, "eos_id": bundle.eos_id, "max_length": bundle.max_target_len(len(src_ids))}
+    return BeamSearch(**common, beam_size=beam) if beam > 1 else GreedySearch(**common)
+
+
+def summarize(name: str, beam: int, seconds: float, latencies: list[float], outputs: list[list[int]], refs, bundle):
+    """One row of the table."""
+    texts = [bundle.decode(ids) for ids in outputs]
+    tokens = sum(len(ids) for ids in outputs)
+    row = {
+        "config": name,
+        "beam": beam,
+        "sentences": len(outputs),
+        "seconds": round(seconds, 3),
+        "sentences_per_s": round(len(outputs) / seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "p50_ms": round(float(np.percentile(latencies, 50)) * 1e3, 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)) * 1e3, 1),
+        "bleu": bleu(texts, refs),
+    }
+    print(f"  {name:<28} beam {beam}: {row['sentences_per_s']:>8} sent/s", file=sys.stderr)
+    return row
+
+
+def bleu(texts: list[str], refs: list[str]) -> float | None:
+    try:
+        import sacrebleu
+    except ImportError:
+        return None
+    return round(sacrebleu.corpus_bleu(texts, [refs]).score, 2)
+
+
+def run_batcher(engine: Engine, sources: list[list[int]], beam: int, mode: str, arrivals: list[float] | None, **kw):
+    """Submit every source (at once, or at the given arrival offsets), wait for all. Returns
+    seconds, per-sentence latencies and output ids."""
+    batcher = Batcher(engine, mode=mode, queue_size=len(sources) + 1, **kw)
+    done_at = [0.0] * len(sources)
+    sent_at = [0.0] * len(sources)
+    entries = []
+    start = time.perf_counter()
+    for i, src in enumerate(sources):
+        if arrivals is not None:
+            time.sleep(max(0.0, start + arrivals[i] - time.perf_counter()))
+        sent_at[i] = time.perf_counter()
+        entry = batcher.submit(src, make_search(engine.bundle, src, beam))
+        entry.future.add_done_callback(lambda _, i=i: done_at.__setitem__(i, time.perf_counter()))
+        entries.append(entry)
+    outputs = [e.future.result().hypotheses[0].tokens for e in entries]
+    seconds = max(done_at) - start
+    batcher.close()
+    return seconds, [d - s for d, s in zip(done_at, sent_at, strict=True)], outputs
+
+
+def run_sequential(engine: Engine, sources: list[list[int]], beam: int):
+    """Batch 1 through the service path (no batching), one sentence after the other."""
+    batcher = Batcher(engine, mode="none")
+    latencies, outputs = [], []
+    start = time.perf_counter()
+    for src in sources:
+        t0 = time.perf_counter()
+        result = batcher.submit(src, make_search(engine.bundle, src, beam)).future.result()
+        latencies.append(time.perf_counter() - t0)
+        outputs.append(result.hypotheses[0].tokens)
+    seconds = time.perf_counter() - start
+    batcher.close()
+    return seconds, latencies, outputs
+
+
+def run_torch(checkpoint: Path, sources: list[list[int]], beam: int, threads: int):
+    """PyTorch eager, batch 1, with the reference decoders."""
+    import torch
+
+    from export.convert import load_checkpoint
+    from model.decode import beam as torch_beam
+    from model.decode import greedy as torch_greedy
+
+    torch.set_num_threads(threads)
+    model = load_checkpoint(checkpoint)[0]
+    latencies, outputs = [], []
+    start = time.perf_counter()
+    for src in sources:
+        t0 = time.perf_counter()
+        if beam > 1:
+            outputs.append(torch_beam(model, src, beam_size=beam)[0]["tokens"])
+        else:
+            outputs.append(torch_greedy(model, [src])[0][0])
+        latencies.append(time.perf_counter() - t0)
+    return time.perf_counter() - start, latencies, outputs
+
+
+def step_flops(manifest: dict, src_len: float) -> float:
+    """Floating-point operations of one decoder step for one row (2 per multiply-add)."""
+    m = manifest["model"]
+    E, D, L, A, V = m["emb_dim"], m["dec_hidden"], m["dec_layers"], m["attn_dim"], m["tgt_vocab"]
+    M = 2 * m["enc_hidden"]
+    gru = sum(3 * ((E if layer == 0 else D) * D + D * D) for layer in range(L))
+    scores = {"dot": src_len * M, "general": src_len * D, "additive": D * A + src_len * A}[m["attention"]]
+    output = (D + M) * E + E * V if m["tie_embeddings"] else (D + M) * V
+    return 2.0 * (gru + scores + src_len * M + output)
+
+
+def decoder_step_rate(engine: Engine, sources: list[list[int]], rows: int, steps: int) -> dict:
+    """Time the bare decoder step for `rows` rows continuing themselves; achieved GFLOP/s."""
+    batch = [sources[i % len(sources)] for i in range(rows)]
+    encoded = engine.encode(batch)
+    src_len = float(np.mean([len(s) for s in batch]))
+    state = DecoderState(np.full(rows, engine.bundle.bos_id), encoded, np.full(rows, -1))
+    out = engine.decode_step(state)
+    for _ in range(3):  # warm up
+        out = engine.decode_step(DecoderState(out.topk_ids[:, 0], encoded, np.arange(rows), out))
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = engine.decode_step(DecoderState(out.topk_ids[:, 0], encoded, np.arange(rows), out))
+    seconds = (time.perf_counter() - start) / steps
+    gflops = step_flops(engine.bundle.manifest, src_len) * rows / seconds / 1e9
+    return {"rows": rows, "mean_src_len": round(src_len, 1), "ms_per_step": round(seconds * 1e3, 3), "gflops": gflops}
+
+
+def matmul_rate(threads: int, size: int, repeats: int) -> float:
+    """float32 GFLOP/s of a (size x size) @ (size x size) product in onnxruntime, same threads."""
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [size, size])
+    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", [a, b], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {"a": np.random.rand(size, size).astype(np.float32), "b": np.random.rand(size, size).astype(np.float32)}
+    session.run(None, feeds)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
+
+
+def quantized_copy(bundle_dir: Path, folder: Path) -> Path:
+    """A copy of the bundle with both graphs dynamically quantized to int8."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = folder / "int8"
+    shutil.copytree(bundle_dir, out)
+    manifest = json.loads((out / "model.json").read_text())
+    for key in ("encoder", "decoder_step"):
+        name = manifest["files"][key]
+        quantize_dynamic(str(bundle_dir / name), str(out / name), weight_type=QuantType.QInt8)
+    manifest["quantization"] = "int8-dynamic"
+    (out / "model.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def markdown(rows: list[dict], step: dict, matmul: float) -> str:
+    lines = [
+        "| configuration | beam | sentences/s | target tokens/s | p50 ms | p99 ms | BLEU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['beam']} | {r['sentences_per_s']} | {r['tokens_per_s']} | {r['p50_ms']} "
+            f"| {r['p99_ms']} | {r['bleu'] if r['bleu'] is not None else '-'} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Decoder step at {step['rows']} rows (mean source {step['mean_src_len']} ids): {step['ms_per_step']} ms, "
+        f"{step['gflops']:.1f} GFLOP/s = {100 * step['gflops'] / matmul:.0f}% of the measured float32 "
+        f"matrix-product rate ({matmul:.1f} GFLOP/s)."
+    )
+    return "\n".join(lines)
+
+
+def ratios(rows: list[dict], step: dict, matmul: float) -> dict:
+    """The issue's targets, as measured ratios (greedy rows)."""
+    by = {(r["config"], r["beam"]): r["sentences_per_s"] for r in rows}
+    out = {"step_share_of_matmul": round(step["gflops"] / matmul, 3)}
+    ort1 = by.get(("onnxruntime batch 1", 1))
+    if ort1:
+        out["continuous_vs_ort_batch1"] = round(by[("continuous, all at once", 1)] / ort1, 2)
+        if ("pytorch eager batch 1", 1) in by:
+            out["ort_batch1_vs_pytorch"] = round(ort1 / by[("pytorch eager batch 1", 1)], 2)
+    if ("int8 continuous, all at once", 1) in by:
+        out["int8_vs_float32_continuous"] = round(
+            by[("int8 continuous, all at once", 1)] / by[("continuous, all at once", 1)], 2
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "en-es")
+    ap.add_argument("--test", type=Path, default=ROOT / "data" / "bible" / "test.tsv")
+    ap.add_argument("--checkpoint", type=Path, help="PyTorch checkpoint for the eager rows (skipped without)")
+    ap.add_argument("--int8", action="store_true", help="also measure a dynamic-int8 copy of the bundle")
+    ap.add_argument("--limit", type=int, default=0, help="sentences of the test split (0 = all)")
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = one per core)")
+    ap.add_argument("--max-rows", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=8192)
+    ap.add_argument("--max-requests", type=int, default=32)
+    ap.add_argument("--wait-ms", type=float, default=5.0)
+    ap.add_argument("--load", type=float, default=0.7, help="Poisson rate as a share of the all-at-once rate")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=ROOT / "loadtest" / "reports" / "bench_engine.json")
+    ap.add_argument("--dry-run", action="store_true", help="a few sentences and short timings (seconds)")
+    args = ap.parse_args(argv)
+
+    pairs: list[Pair] = read_tsv(args.test)
+    limit = 6 if args.dry_run else args.limit
+    pairs = pairs[:limit] if limit else pairs
+    threads = args.threads or ort.SessionOptions().intra_op_num_threads
+    bundle = load_bundle(args.bundle)
+    engine = Engine(bundle, device="cpu", threads=args.threads)
+    sources = [bundle.encode(p.src) for p in pairs]
+    refs = [p.tgt for p in pairs]
+    batching = {"max_rows": args.max_rows, "max_tokens": args.max_tokens}
+    print(f"{len(pairs)} sentences, bundle {args.bundle}, threads {args.threads or 'default'}", file=sys.stderr)
+    run_batcher(engine, sources[:4], 1, "continuous", None, **batching)  # warm up
+
+    rows = []
+    for beam in (1, BEAM):
+        if args.checkpoint:
+            rows.append(
+                summarize(
+                    "pytorch eager batch 1", beam, *run_torch(args.checkpoint, sources, beam, threads), refs, bundle
+                )
+            )
+        rows.append(summarize("onnxruntime batch 1", beam, *run_sequential(engine, sources, beam), refs, bundle))
+        request = run_batcher(
+            engine,
+            sources,
+            beam,
+            "request",
+            None,
+            max_requests=args.max_requests,
+            wait_ms=args.wait_ms,
+            **batching,
+        )
+        rows.append(summarize("request-level batching", beam, *request, refs, bundle))
+        together = run_batcher(engine, sources, beam, "continuous", None, **batching)
+        rows.append(summarize("continuous, all at once", beam, *together, refs, bundle))
+        rate = args.load * len(sources) / together[0]
+        rng = random.Random(args.seed)
+        arrivals = list(np.cumsum([rng.expovariate(rate) for _ in sources]))
+        poisson = run_batcher(engine, sources, beam, "continuous", arrivals, **batching)
+        rows.append(summarize(f"continuous, Poisson {rate:.1f}/s", beam, *poisson, refs, bundle))
+        if args.int8:
+            with tempfile.TemporaryDirectory() as tmp:
+                int8 = Engine(load_bundle(quantized_copy(args.bundle, Path(tmp))), device="cpu", threads=args.threads)
+                q = run_batcher(int8, sources, beam, "continuous", None, **batching)
+                rows.append(summarize("int8 continuous, all at once", beam, *q, refs, bundle))
+                if beam == 1:
+                    int8_step = decoder_step_rate(int8, sources, 64, 3 if args.dry_run else 50)
+
+    step = decoder_step_rate(engine, sources, 64, 3 if args.dry_run else 50)
+    matmul = matmul_rate(threads, 256 if args.dry_run else 1024, 3 if args.dry_run else 10)
+    report = {
+        "bundle": str(args.bundle),
+        "version": bundle.manifest["version"],
+        "sentences": len(pairs),
+        "threads": threads,
+        "batching": {**batching, "max_requests": args.max_requests, "wait_ms": args.wait_ms},
+        "rows": rows,
+        "decoder_step": step,
+        "matmul_gflops": matmul,
+        "targets": ratios(rows, step, matmul),
+    }
+    if args.int8:
+        report["int8_decoder_step"] = int8_step
+        report["targets"]["int8_step_speedup"] = round(step["ms_per_step"] / int8_step["ms_per_step"], 2)
+    table = markdown(rows, step, matmul)
+    print(table)
+    print(json.dumps(report["targets"]))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({**report, "table": table}, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The onnxruntime engine: owns the two sessions and offers exactly two calls.
+
+    sources = engine.encode([[ids...], [ids...]])       # one EncodedSource per sentence
+    out = engine.decode_step(DecoderState(...))          # one decoder step for a set of rows
+
+The caller (the batcher) describes each step row by row: the previous token of each row, the
+source it reads (None for a free row, whose output nobody reads) and which row of the previous
+step's output it continues (`origin`). Rows keep their place from step to step, so the engine
+keeps the source tensors (memory, keys, mask) in buffers and rewrites only the rows whose
+source changed; the hidden state is passed on as it is when every row continues itself, and
+gathered by `origin` otherwise (beam back-pointers, rows joining).
+
+Providers: CUDA when the settings ask for it (auto or cuda) and onnxruntime offers it, CPU
+otherwise. On CUDA the decoder runs with IO binding: the source tensors stay on the device
+until a row's source changes, the hidden state stays there while rows continue themselves, and
+the (rows, V) log-probs never leave it; only the top-k and the attention rows come to the host.
+A gather of the small (L, R, D) hidden state goes through the host.
+
+Shapes: R rows, S source length (the longest in the step, rounded up), 2H memory width,
+K keys width, L decoder layers, D decoder hidden, V target vocabulary, k top-k width.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.bundle import Bundle, check_graph
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(eq=False)
+class EncodedSource:
+    """One encoded sentence, on the host. Rows of a beam share one of these."""
+
+    memory: np.ndarray  # (S, 2H)
+    keys: np.ndarray  # (S, K)
+    hidden: np.ndarray  # (L, D) decoder's initial state
+
+    @property
+    def length(self) -> int:
+        return self.memory.shape[0]
+
+
+@dataclass(eq=False)
+class DecoderState:
+    """One decoder step, described row by row.
+
+    Args:
+        tokens: (R,) int64 previous token of each row (BOS for a fresh row, any id for a free one).
+        sources: the source each row reads; None for a free row (its outputs are junk).
+        origin: (R,) int64 the row of `previous` whose hidden state each row continues;
+            -1 for a fresh row, which starts from its source's initial state.
+        previous: the output of the step before, None at the first.
+    """
+
+    tokens: np.ndarray
+    sources: list[EncodedSource | None]
+    origin: np.ndarray
+    previous: StepOutput | None = None
+
+
+class SourceRows:
+    """Host buffers (capacity, S, .) with each row's source, zero-padded; a row is rewritten
+    only when a different source moves into it. Free rows keep whatever they held."""
+
+    def __init__(self, capacity: int, length: int, memory_dim: int, keys_dim: int) -> None:
+        self.memory = np.zeros((capacity, length, memory_dim), dtype=np.float32)  # (C, S, 2H)
+        self.keys = np.zeros((capacity, length, keys_dim), dtype=np.float32)  # (C, S, K)
+        self.mask = np.zeros((capacity, length), dtype=bool)  # (C, S)
+        self.mask[:, 0] = True  # a row that never held a source still attends somewhere
+        self.content: list[EncodedSource | None] = [None] * capacity
+        self.device: dict[str, Any] | None = None  # views on the device, while unchanged
+
+    def fits(self, rows: int, length: int) -> bool:
+        S = self.mask.shape[1]
+        return rows <= len(self.content) and length <= S and S <= max(2 * length, length + 32)
+
+    def write(self, sources: list[EncodedSource | None]) -> bool:
+        """Put each row's source in place; True when a row changed."""
+        changed = False
+        for i, src in enumerate(sources):
+            if src is not None and self.content[i] is not src:
+                n = src.length
+                self.memory[i, :n], self.memory[i, n:] = src.memory, 0.0
+                self.keys[i, :n], self.keys[i, n:] = src.keys, 0.0
+                self.mask[i, :n], self.mask[i, n:] = True, False
+                self.content[i] = src
+                changed = True
+        return changed
+
+    def views(self, rows: int) -> dict[str, np.ndarray]:
+        """The first `rows` rows, contiguous."""
+        return {"memory": self.memory[:rows], "keys": self.keys[:rows], "src_mask": self.mask[:rows]}
+
+
+@dataclass(eq=False)
+class StepOutput:
+    """What one step returns. `hidden` stays wherever the engine keeps it (numpy on CPU, an
+    OrtValue on the device with IO binding); callers read only the top-k and the attention,
+    and hand the whole object back as `previous`."""
+
+    topk_log_probs: np.ndarray  # (R, k) float32, best first
+    topk_ids: np.ndarray  # (R, k) int64
+    attention: np.ndarray  # (R, S) float32, rows sum to 1, exactly 0 past each row's source
+    hidden: Any  # (L, R, D)
+    source_rows: SourceRows | None = field(default=None, repr=False)
+
+
+def choose_providers(device: str, available: list[str], device_id: int = 0) -> list[Any]:
+    """The providers to ask onnxruntime for: CUDA first when asked for and available."""
+    if device in ("auto", "cuda") and CUDA in available:
+        return [(CUDA, {"device_id": device_id}), CPU]
+    if device == "cuda":
+        log.warning("CUDA was asked for but onnxruntime offers only %s; running on CPU", available)
+    return [CPU]
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+class Engine:
+    """ORT sessions for one bundle; `encode` and `decode_step` are its whole interface.
+
+    Args:
+        bundle: a validated bundle.
+        device: "auto", "cpu" or "cuda" (Settings.device).
+        threads: intra-op threads, 0 for onnxruntime's default (one per core).
+        device_id: the CUDA device.
+        io_binding: run the decoder with IO binding; None means on CUDA only. Forcing it on
+            CPU runs the device code path with host memory (the tests do).
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        device: str = "auto",
+        threads: int = 0,
+        device_id: int = 0,
+        io_binding: bool | None = None,
+    ) -> None:
+        self.bundle = bundle
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        providers = choose_providers(device, ort.get_available_providers(), device_id)
+        self.encoder = ort.InferenceSession(str(bundle.file("encoder")), opts, providers=providers)
+        self.decoder = ort.InferenceSession(str(bundle.file("decoder_step")), opts, providers=providers)
+        for key, sess in (("encoder", self.encoder), ("decoder_step", self.decoder)):
+            check_graph(bundle, key, sess.get_inputs(), sess.get_outputs())
+        self.provider = self.decoder.get_providers()[0]
+        self.device = "cuda" if self.provider == CUDA else "cpu"
+        self.device_id = device_id
+        self.io_binding = self.device == "cuda" if io_binding is None else io_binding
+        self.topk = int(bundle.sizes["topk"])
+        log.info(
+            "onnxruntime %s: %s%s, intra-op threads %s, IO binding %s",
+            ort.__version__,
+            self.provider,
+            f" (device {device_id})" if self.device == "cuda" else "",
+            threads or "default",
+            "on" if self.io_binding else "off",
+        )
+
+    def encode(self, batch: list[list[int]]) -> list[EncodedSource]:
+        """Encode source id lists (each ending in EOS) together; one EncodedSource each."""
+        lengths = np.array([len(s) for s in batch], dtype=np.int64)  # (B,)
+        ids = np.full((len(batch), int(lengths.max())), self.bundle.pad_id, dtype=np.int64)  # (B, S)
+        for i, s in enumerate(batch):
+            ids[i, : len(s)] = s
+        memory, keys, _, hidden = self.encoder.run(None, {"src_ids": ids, "src_lengths": lengths})
+        return [
+            EncodedSource(memory[i, :n].copy(), keys[i, :n].copy(), hidden[:, i].copy())
+            for i, n in enumerate(lengths.tolist())
+        ]
+
+    def decode_step(self, state: DecoderState) -> StepOutput:
+        """Run one decoder step for the rows of `state`."""
+        rows = self._source_rows(state)
+        hidden = self._hidden(state)
+        tokens = np.ascontiguousarray(state.tokens, dtype=np.int64)
+        R = len(tokens)
+        if self.io_binding:
+            return self._run_bound(tokens, hidden, rows, R)
+        feeds = {"prev_tokens": tokens, "hidden": hidden, **rows.views(R)}
+        _, hidden_out, attention, top_lp, top_ids = self.decoder.run(None, feeds)
+        return StepOutput(top_lp, top_ids, attention, hidden_out, rows)
+
+    def _source_rows(self, state: DecoderState) -> SourceRows:
+        """The previous step's buffers with the changed rows rewritten, or new buffers when
+        the rows no longer fit (more rows, a longer source, a much shorter longest one)."""
+        live = [s for s in state.sources if s is not None]
+        R, S = len(state.sources), max(s.length for s in live)
+        prev = state.previous.source_rows if state.previous is not None else None
+        if prev is None or not prev.fits(R, S):
+            first = live[0]
+            capacity = max(_round_up(R, 16), len(prev.content) if prev is not None else 0)
+            prev = SourceRows(capacity, _round_up(S, 8), first.memory.shape[1], first.keys.shape[1])
+        if prev.write(state.sources):
+            prev.device = None
+        return prev
+
+    def _hidden(self, state: DecoderState) -> Any:
+        """(L, R, D) hidden state of the rows: the previous output as it is when every row
+        continues itself (free rows may hold anything), else gathered by origin with fresh
+        rows from their sources and free rows zero."""
+        prev, origin = state.previous, np.asarray(state.origin, dtype=np.int64)
+        free = np.array([s is None for s in state.sources])
+        R = len(origin)
+        if prev is not None and R == len(prev.topk_ids) and ((origin == np.arange(R)) | (free & (origin < 0))).all():
+            return prev.hidden
+        fresh = (origin < 0) & ~free
+        kept = origin >= 0
+        L, D = next(s for s in state.sources if s is not None).hidden.shape
+        hidden = np.zeros((L, R, D), dtype=np.float32)
+        if kept.any():
+            assert prev is not None, "rows continue a previous step that was not given"
+            before = prev.hidden.numpy() if isinstance(prev.hidden, ort.OrtValue) else prev.hidden
+            hidden[:, kept] = before[:, origin[kept]]
+        if fresh.any():
+            hidden[:, fresh] = np.stack(
+                [s.hidden for s, f in zip(state.sources, fresh, strict=True) if f and s], axis=1
+            )
+        return self._to_device(hidden) if self.io_binding else hidden
+
+    def _to_device(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id)
+
+    def _run_bound(self, tokens: np.ndarray, hidden: Any, rows: SourceRows, R: int) -> StepOutput:
+        """The decoder step with IO binding: the source tensors are uploaded only when a row
+        changed, the hidden state and the log-probs stay on the device, top-k and attention
+        come back."""
+        if rows.device is None or rows.device["memory"].shape()[0] != R:
+            rows.device = {name: self._to_device(view) for name, view in rows.views(R).items()}
+        binding = self.decoder.io_binding()
+        binding.bind_cpu_input("prev_tokens", tokens)
+        binding.bind_ortvalue_input("hidden", hidden)
+        for name, value in rows.device.items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("log_probs", self.device, self.device_id)
+        binding.bind_output("hidden_out", self.device, self.device_id)
+        for name in ("attention", "topk_log_probs", "topk_ids"):
+            binding.bind_output(name, "cpu")
+        self.decoder.run_with_iobinding(binding)
+        _, hidden_out, attention, top_lp, top_ids = binding.get_outputs()
+        return StepOutput(top_lp.numpy(), top_ids.numpy(), attention.numpy(), hidden_out, rows)

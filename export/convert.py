@@ -221,9 +221,7 @@ def write_manifest(
             "src_vocab": cfg.src_vocab,
             "tgt_vocab": cfg.tgt_vocab,
             "memory_dim": 2 * cfg.enc_hidden,
-            "keys_dim": {"dot": 2 * cfg.enc_hidden, "general": cfg.dec_hidden, "additive": cfg.attn_dim}[
-                cfg.attention
-            ],
+            "keys_dim": {"dot": 2 * cfg.enc_hidden, "general": cfg.dec_hidden, "additive": cfg.attn_dim}[cfg.attention],
             "dec_hidden": cfg.dec_hidden,
             "dec_layers": cfg.dec_layers,
             "topk": min(TOPK, cfg.tgt_vocab),
@@ -251,6 +249,55 @@ def write_manifest(
     }
     (folder / "model.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
+
+
+def training_command(cfg: dict) -> str:
+    """The `python -m model.train` command line that reproduces a run's settings."""
+    from model.train import TrainConfig
+
+    defaults = TrainConfig().__dict__
+    args = [
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in cfg.items()
+        if k not in ("model", "dry_run", "max_minutes") and v != defaults.get(k)
+    ]
+    args += [f"--{k.replace('_', '-')} {v}" for k, v in (cfg.get("model") or {}).items()]
+    return " ".join(["python -m model.train", *args])
+
+
+def write_card(folder: Path, manifest: dict, run_dir: Path) -> None:
+    """README.md of the bundle: what it is, how it was trained, its curves and its scores."""
+    for plot in ("curves.png", "attention.png"):
+        if (run_dir / plot).exists():
+            shutil.copy(run_dir / plot, folder / plot)
+    train = manifest["training"]
+    cfg = train.get("config") or {}
+    lines = [
+        f"# {manifest['id']} — {manifest['source_lang']}→{manifest['target_lang']} attention seq2seq",
+        "",
+        f"Version `{manifest['version']}`, exported {manifest['exported_at']}"
+        + (f", quantized ({manifest['quantization']})" if manifest["quantization"] else "")
+        + ".",
+        "",
+        f"- Corpus: {train['corpus']}; split by crc32 of the verse reference (test = 0-1, dev = 2).",
+        f"- Model: {json.dumps(manifest['model'])}",
+        f"- Training: {train['epochs']} epochs, {train['steps']} steps, {train['minutes']} minutes on CPU; "
+        f"best dev BLEU (greedy) {train['best_dev_bleu']:.2f}.",
+        f"- Training command: `{training_command(cfg)}`",
+        f"- Export check: {json.dumps(manifest['export_check'])}",
+        "",
+        "## Test scores (sacreBLEU, default tokenization, detokenized)",
+        "",
+        "| decoder | search | BLEU | chrF |",
+        "|---|---|---|---|",
+    ]
+    for decoder, result in (manifest.get("metrics") or {}).items():
+        for search in ("greedy", "beam5"):
+            if search in result:
+                r = result[search]
+                lines.append(f"| {decoder} | {search} | {r['bleu']} | {r['chrf']} |")
+    lines += ["", "![learning curves](curves.png)", "", "![attention on dev sentences](attention.png)", ""]
+    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -287,10 +334,14 @@ def main(argv: list[str] | None = None) -> dict:
         tgt_tok.save(str(folder / "tgt_tokenizer.json"))
         metrics = None
         if args.evaluate and args.test:
-            from model.evaluate import evaluate_torch
+            from model.evaluate import evaluate_bundle, evaluate_torch
 
-            metrics = evaluate_torch(model, src_tok, tgt_tok, pairs)
+            write_manifest(folder, model, state, args, check, None)  # the engine reads it
+            metrics = {"onnxruntime": evaluate_bundle(folder, pairs)}
+            if not args.int8:
+                metrics["pytorch"] = evaluate_torch(model, src_tok, tgt_tok, pairs)
         manifest = write_manifest(folder, model, state, args, check, metrics)
+        write_card(folder, manifest, args.checkpoint.parent)
         if args.bundle.exists():
             shutil.rmtree(args.bundle)
         args.bundle.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test lint install-serve install-dev corpus train export bench clean
+.PHONY: run test lint install-serve install-dev corpus train export bench topology loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,20 @@ train: corpus
 
 export: $(VENV)/.dev
 	$(BIN)/python -m export.convert runs/en-es/best.pt bundles/en-es --test data/bible/test.tsv --evaluate
+
+# Side-by-side engine benchmark on the test split (docs/PERFORMANCE.md).
+bench: $(VENV)/.dev
+	$(BIN)/python loadtest/bench_engine.py --bundle bundles/en-es --checkpoint runs/en-es/best.pt \
+		--test data/bible/test.tsv --int8 --json loadtest/reports/bench_engine.json
+
+# Redis + two replicas + nginx on loopback, as docker-compose.yml runs them (Ctrl-C stops).
+topology: $(VENV)/.dev
+	$(BIN)/python -m loadtest.topology --bundle bundles/en-es
+
+# A headless Locust run through that topology, with its pass/fail thresholds.
+loadtest: $(VENV)/.dev
+	$(BIN)/python -m loadtest.topology --bundle bundles/en-es --set RATE_LIMIT_CHARS_PER_MINUTE=0 -- \
+		$(BIN)/locust --config loadtest/locust.conf --host {url}
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -11,7 +11,6 @@ model.json. An existing bundle is only replaced with --force.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -30,6 +29,7 @@ from model.corpus import read_tsv
 from model.decode import greedy, max_target_len, pad_batch
 from model.model import Seq2Seq, Seq2SeqConfig
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIALS, UNK_ID, encode
+from service.bundle import file_digest  # the service checks bundles against the same digest
 
 OPSET = 17
 TOPK = 32  # candidates per row computed in the graph: 2 x the largest beam (16)
@@ -189,13 +189,6 @@ def quantize(folder: Path) -> None:
         path.rename(tmp)
         quantize_dynamic(str(tmp), str(path), weight_type=QuantType.QInt8)
         tmp.unlink()
-
-
-def file_digest(folder: Path, names: list[str]) -> str:
-    h = hashlib.sha256()
-    for name in names:
-        h.update((folder / name).read_bytes())
-    return h.hexdigest()[:16]
 
 
 def write_manifest(

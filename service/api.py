@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -143,6 +143,8 @@ async def read_request(request: Request) -> TranslateRequest:
             data = json.loads(await request.body())
         except ValueError as e:
             raise ApiError(422, f"the body is not valid JSON: {e}") from e
+        except RecursionError as e:  # the json module's answer to deep nesting, which fits in any body cap
+            raise ApiError(422, "the body is not valid JSON: it is nested too deeply") from e
         if not isinstance(data, dict):
             raise ApiError(422, "the body must be a JSON object with at least a q field")
     else:
@@ -347,7 +349,7 @@ async def ready(svc: ServiceDep) -> JSONResponse:
     return JSONResponse(health.model_dump(), code)
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text format)")
 async def metrics(svc: ServiceDep) -> Response:
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -362,6 +364,12 @@ async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     request.state.log["error"] = exc.message
     return JSONResponse(exc.body, exc.status, headers=exc.headers)
+
+
+async def client_gone_handler(request: Request, exc: Exception) -> Response:
+    """A client that hung up while its body was read: nobody is listening (499, as in `translate`)."""
+    request.state.log["status"] = 499
+    return Response(status_code=499)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:

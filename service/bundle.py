@@ -2,11 +2,14 @@
 
 A bundle that is incomplete or does not agree with its own manifest fails here, at start,
 with a `BundleError` naming the file or the manifest field at fault. The graphs themselves
-are checked against the manifest by `check_graph` once the engine has opened them.
+are checked against the manifest by `check_graph` once the engine has opened them, and the
+service checks that the files are the ones exported (`check_version`), so a file damaged or
+replaced after export is refused instead of served.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +135,24 @@ def load_bundle(path: str | Path) -> Bundle:
         folder / manifest["files"]["tgt_tokenizer"], sizes["tgt_vocab"], "sizes.tgt_vocab", ids, names
     )
     return Bundle(folder, manifest, src_tok, tgt_tok, ids["pad"], ids["unk"], ids["bos"], ids["eos"])
+
+
+def file_digest(folder: Path, names: list[str]) -> str:
+    """A bundle's version: the first 16 hex digits of the sha256 of its files, in the manifest's order."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def check_version(bundle: Bundle) -> None:
+    """Refuse files that are not the ones exported: their digest must be the manifest's version."""
+    found = file_digest(bundle.path, [bundle.manifest["files"][key] for key in FILE_KEYS])
+    if found != bundle.manifest["version"]:
+        raise BundleError(
+            f"the files of {bundle.path} have digest {found} but model.json version is {bundle.manifest['version']}: "
+            "a file was damaged or replaced after export"
+        )
 
 
 def check_graph(bundle: Bundle, key: str, inputs: list[Any], outputs: list[Any]) -> None:

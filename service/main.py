@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service import api
 from service.config import Settings, get_settings
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, translator: Translator | None =
     app.mount("/static", StaticFiles(directory=api.WEB_DIR), name="static")
     app.add_exception_handler(ApiError, api.api_error_handler)
     app.add_exception_handler(StarletteHTTPException, api.http_error_handler)
+    app.add_exception_handler(ClientDisconnect, api.client_gone_handler)
     app.add_middleware(Admission, gate=gate, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLog, metrics=metrics)
     return app

@@ -17,7 +17,7 @@ import numpy as np
 
 from service.alignment import merge_to_words
 from service.batcher import Batcher, Entry, QueueFull, Result
-from service.bundle import load_bundle
+from service.bundle import check_version, load_bundle
 from service.config import Settings
 from service.decoding import BeamSearch, GreedySearch, Hypothesis, Search
 from service.engine import Engine
@@ -71,6 +71,7 @@ class Translator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bundle = load_bundle(settings.bundle_dir)
+        check_version(self.bundle)
         self.engine = Engine(
             self.bundle, device=settings.device, threads=settings.intra_op_threads, device_id=settings.cuda_device_id
         )

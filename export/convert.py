@@ -275,7 +275,9 @@ def write_card(folder: Path, manifest: dict, run_dir: Path) -> None:
         f"- Corpus: {train['corpus']}; split by crc32 of the verse reference (test = 0-1, dev = 2).",
         f"- Model: {json.dumps(manifest['model'])}",
         f"- Training: {train['epochs']} epochs, {train['steps']} steps, {train['minutes']} minutes on CPU; "
-        f"best dev BLEU (greedy) {train['best_dev_bleu']:.2f}.",
+        "best dev BLEU (greedy) "
+        + ("not recorded" if train["best_dev_bleu"] is None else f"{train['best_dev_bleu']:.2f}")
+        + ".",
         f"- Training command: `{training_command(cfg)}`",
         f"- Export check: {json.dumps(manifest['export_check'])}",
         "",

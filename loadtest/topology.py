@@ -67,7 +67,7 @@ def render_nginx(template: str, variables: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}", lambda m: variables.get(m.group(1), m.group(0)), template)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     os.setsid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -184,7 +184,7 @@ class Topology:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         proc = Process(name, popen, log)
         self.processes.append(proc)
@@ -243,7 +243,7 @@ class Topology:
         if shutil.which("nginx") is None:
             raise RuntimeError("nginx is not installed (Debian: apt-get install nginx-light)")
         self.lb_port = free_port()
-        servers = " ".join(f"server 127.0.0.1:{port};" for port in self.api_ports)
+        servers = " ".join(f"server 127.0.0.1:{port} max_fails=0;" for port in self.api_ports)
         conf = self.dir / "nginx.conf"
         template = NGINX_TEMPLATE.read_text()
         conf.write_text(render_nginx(template, {"NGINX_LISTEN": f"127.0.0.1:{self.lb_port}", "API_SERVERS": servers}))

@@ -206,6 +206,11 @@ class Batcher:
     def accepting(self) -> bool:
         return self._accepting
 
+    @property
+    def full(self) -> bool:
+        """Whether `submit` would raise QueueFull now (read without the lock: a hint, not a promise)."""
+        return not self._accepting or len(self._queue) >= self.queue_size
+
     def stats(self) -> dict[str, Any]:
         with self._cond:
             active = list(self._active)

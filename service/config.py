@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_batch_requests: int = 32  # request-level mode: run at most this many together
     batch_wait_ms: float = 5.0  # request-level mode: collect for this long
     queue_size: int = 256  # waiting entries; a full queue rejects at once (503)
+    max_in_flight: int = 512  # requests handled at once (reading, queued, decoding); past it 503 at once; 0: no cap
     request_timeout_s: float = 30.0  # deadline from arrival; past it the request answers 504
 
     # Decoding defaults and caps

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -25,16 +26,23 @@ from service.translator import Translator
 log = logging.getLogger(__name__)
 
 
+def never() -> bool:
+    return False
+
+
 @dataclass
 class Gate:
     """Admission state shared by the middleware, /health/ready and the server's signal handler.
 
     `draining` is set on SIGTERM: new requests answer 503, in-flight ones (`in_flight`) finish.
+    `saturated` says whether the translator would refuse a new text (its queue is full); the
+    service sets it once the translator runs.
     """
 
     draining: bool = False
     drain_started: float = 0.0
     in_flight: int = 0
+    saturated: Callable[[], bool] = never
 
     def begin_drain(self) -> None:
         if not self.draining:
@@ -70,6 +78,7 @@ class Service:
             if settings.warmup:
                 await asyncio.to_thread(translator.warmup)
         metrics.watch(translator.stats)
+        gate.saturated = translator.saturated
         return cls(
             settings=settings,
             translator=translator,

@@ -61,7 +61,13 @@ def create_app(settings: Settings | None = None, translator: Translator | None =
     app.add_exception_handler(ApiError, api.api_error_handler)
     app.add_exception_handler(StarletteHTTPException, api.http_error_handler)
     app.add_exception_handler(ClientDisconnect, api.client_gone_handler)
-    app.add_middleware(Admission, gate=gate, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        Admission,
+        gate=gate,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        max_in_flight=settings.max_in_flight,
+    )
     app.add_middleware(RequestLog, metrics=metrics)
     return app
 

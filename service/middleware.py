@@ -4,9 +4,13 @@
 the per-route request counter and latency histogram, and one JSON log line per request with the
 id, status and timings, plus what the route added in `request.state.log`.
 
-`Admission`: while draining (after SIGTERM) every request but health and metrics gets 503;
-the others are counted in flight so shutdown can wait for them. Bodies over MAX_BODY_BYTES get
-413, by Content-Length before reading, or as soon as a streamed body passes the limit.
+`Admission`: refuses what cannot be served before any work is spent on it, so that refusals
+stay fast under overload: while draining (after SIGTERM) every request but health and metrics
+gets 503; so does a request past MAX_IN_FLIGHT requests at once, and a POST while the
+translator's waiting queue is full (its body unread, no Redis asked, nothing tokenized; cache
+hits are refused too while saturated). The others are counted in flight so shutdown can wait for
+them. Bodies over MAX_BODY_BYTES get 413, by Content-Length before reading, or as soon as a
+streamed body passes the limit.
 """
 
 from __future__ import annotations
@@ -65,17 +69,17 @@ class RequestLog:
 
 
 class Admission:
-    def __init__(self, app: ASGIApp, gate: Gate, max_body_bytes: int):
-        self.app, self.gate, self.max_body_bytes = app, gate, max_body_bytes
+    def __init__(self, app: ASGIApp, gate: Gate, metrics: Metrics, max_body_bytes: int, max_in_flight: int = 0):
+        self.app, self.gate, self.metrics = app, gate, metrics
+        self.max_body_bytes, self.max_in_flight = max_body_bytes, max_in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(ALWAYS_OPEN):
             await self.app(scope, receive, send)
             return
-        if self.gate.draining:
-            error = ApiError(503, "the server is shutting down; retry on another replica", retry_after=1)
-            headers = {**error.headers, "Connection": "close"}
-            await JSONResponse(error.body, error.status, headers=headers)(scope, receive, send)
+        if refusal := self.refusal(scope):
+            headers = {**refusal.headers, "Connection": "close"}  # a kept-alive client cannot pin a slot
+            await JSONResponse(refusal.body, refusal.status, headers=headers)(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body_bytes:
@@ -97,6 +101,29 @@ class Admission:
             await self.app(scope, receive_capped, send)
         finally:
             self.gate.in_flight -= 1
+
+    def refusal(self, scope: Scope) -> ApiError | None:
+        """The 503 for a request refused before it is read, or None."""
+        if self.gate.draining:
+            reason, error = (
+                "draining",
+                ApiError(503, "the server is shutting down; retry on another replica", retry_after=1),
+            )
+        elif 0 < self.max_in_flight <= self.gate.in_flight:
+            reason = "in_flight"
+            error = ApiError(
+                503,
+                f"{self.gate.in_flight} requests are in progress; the limit is max_in_flight={self.max_in_flight}; "
+                "retry shortly",
+                limit="max_in_flight",
+                retry_after=1,
+            )
+        elif scope["method"] == "POST" and self.gate.saturated():
+            reason, error = "queue_full", ApiError(503, "the translation queue is full; retry shortly", retry_after=1)
+        else:
+            return None
+        self.metrics.rejected.labels(reason).inc()
+        return error
 
     def too_large(self, size: int) -> ApiError:
         return ApiError(

@@ -95,6 +95,10 @@ class Translator:
     def accepting(self) -> bool:
         return self.batcher.accepting
 
+    def saturated(self) -> bool:
+        """The waiting queue is full: a new text would be refused."""
+        return self.batcher.full
+
     def make_search(self, src_len: int, options: DecodeOptions) -> Search:
         """The search for a source of src_len ids (EOS included); ValueError on bad options."""
         cap = self.bundle.max_target_len(src_len)

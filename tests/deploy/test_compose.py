@@ -76,7 +76,7 @@ def test_the_api_runs_as_replicas_sharing_redis_behind_nginx(compose):
     assert {"published": 8080, "target": 80} in lb["ports"]
     assert any(v.startswith(f"{ROOT}/docker/nginx.conf:/etc/nginx/templates/") for v in lb["volumes"])
     assert lb["environment"]["NGINX_ENVSUBST_OUTPUT_DIR"] == "/etc/nginx"
-    assert lb["environment"]["API_SERVERS"] == "server api:8000;"
+    assert lb["environment"]["API_SERVERS"] == "server api:8000 max_fails=0;"
     assert lb["depends_on"]["api"]["condition"] == "service_healthy"
 
 
@@ -180,7 +180,7 @@ def test_nginx_limits_follow_the_service_settings():
 def test_the_nginx_config_rendered_for_loopback_passes_nginx_t(tmp_path):
     if shutil.which("nginx") is None:
         pytest.fail("nginx is not installed (Debian: apt-get install nginx-light)")
-    servers = f"server 127.0.0.1:{free_port()}; server 127.0.0.1:{free_port()};"
+    servers = f"server 127.0.0.1:{free_port()} max_fails=0; server 127.0.0.1:{free_port()} max_fails=0;"
     conf = tmp_path / "nginx.conf"
     conf.write_text(
         render_nginx(NGINX_TEMPLATE.read_text(), {"NGINX_LISTEN": "127.0.0.1:8080", "API_SERVERS": servers})
@@ -194,9 +194,10 @@ def test_the_native_rendering_is_what_the_nginx_images_envsubst_makes():
     """The nginx image substitutes `${NAME}` for every variable in its environment (HOSTNAME, PATH, ...)."""
     if shutil.which("envsubst") is None:
         pytest.skip("envsubst is not installed (Debian: gettext-base)")
-    env = {"NGINX_LISTEN": "80", "API_SERVERS": "server api:8000;", "HOSTNAME": "lb", "PATH": "/usr/bin:/bin"}
+    servers = "server api:8000 max_fails=0;"
+    env = {"NGINX_LISTEN": "80", "API_SERVERS": servers, "HOSTNAME": "lb", "PATH": "/usr/bin:/bin"}
     names = " ".join(f"${{{name}}}" for name in env)
     template = NGINX_TEMPLATE.read_text()
     done = subprocess.run(["envsubst", names], input=template, env=env, capture_output=True, text=True, check=True)
     assert done.stdout == render_nginx(template, env)
-    assert "listen 80;" in done.stdout and "server api:8000;" in done.stdout
+    assert "listen 80;" in done.stdout and servers in done.stdout

@@ -23,11 +23,10 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn as nn
-from tokenizers import Tokenizer
 
 from model.corpus import read_tsv
 from model.decode import greedy, max_target_len, pad_batch
-from model.model import Seq2Seq, Seq2SeqConfig
+from model.model import Seq2Seq, load_checkpoint
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIALS, UNK_ID, encode
 from service.bundle import file_digest  # the service checks bundles against the same digest
 
@@ -64,14 +63,6 @@ class DecoderStepGraph(nn.Module):
         log_probs = torch.log_softmax(logits[:, 0], dim=-1)  # (B, V)
         top_lp, top_id = torch.topk(log_probs, self.topk, dim=-1)  # (B, K)
         return log_probs, hidden_out, weights[:, 0], top_lp, top_id
-
-
-def load_checkpoint(path: str | Path) -> tuple[Seq2Seq, Tokenizer, Tokenizer, dict]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model = Seq2Seq(Seq2SeqConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, Tokenizer.from_str(state["src_tokenizer"]), Tokenizer.from_str(state["tgt_tokenizer"]), state
 
 
 def export_graphs(model: Seq2Seq, folder: Path) -> None:

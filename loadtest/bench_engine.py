@@ -112,9 +112,9 @@ def run_torch(checkpoint: Path, sources: list[list[int]], beam: int, threads: in
     """PyTorch eager, batch 1, with the reference decoders."""
     import torch
 
-    from export.convert import load_checkpoint
     from model.decode import beam as torch_beam
     from model.decode import greedy as torch_greedy
+    from model.model import load_checkpoint
 
     torch.set_num_threads(threads)
     model = load_checkpoint(checkpoint)[0]

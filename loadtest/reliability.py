@@ -160,7 +160,8 @@ class Load:
         self.shots.append(Shot(started - self._t0, time.monotonic() - started, status, texts))
 
     async def _post(self, payload: bytes) -> int:
-        """One POST /translate on a connection of its own; the status, once the whole answer is read."""
+        """One POST /translate on a connection of its own; the status, once the whole answer is read
+        (and handed to `answered`)."""
         reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
             head = f"POST /translate HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
@@ -170,10 +171,15 @@ class Load:
             status_line = await reader.readline()
             if not status_line:
                 raise ConnectionResetError("closed before answering")
-            await reader.read()  # the rest of the answer, until the server closes
-            return int(status_line.split()[1])
+            rest = await reader.read()  # headers and body, until the server closes
         finally:
             writer.close()
+        status = int(status_line.split()[1])
+        self.answered(status, rest.partition(b"\r\n\r\n")[2])
+        return status
+
+    def answered(self, status: int, body: bytes) -> None:
+        """Called with each answer's status and body; a subclass that reads answers overrides it."""
 
 
 class Sampler:

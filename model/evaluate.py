@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.checkpoint.is_dir():
         result = evaluate_bundle(args.checkpoint, pairs, beam_size=args.beam_size)
     else:
-        from export.convert import load_checkpoint
+        from model.model import load_checkpoint
 
         model, src_tok, tgt_tok, _ = load_checkpoint(args.checkpoint)
         result = evaluate_torch(model, src_tok, tgt_tok, pairs, beam_size=args.beam_size)

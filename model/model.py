@@ -7,10 +7,12 @@ direction (memory is 2H), D decoder hidden, L decoder layers, V target vocabular
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model.tokenizer import PAD_ID
@@ -199,6 +201,16 @@ class Seq2Seq(nn.Module):
         memory, keys, mask, h0 = self.encode(src, lengths)
         logits, _, weights = self.decoder(tgt_in, h0, memory, keys, mask)
         return logits, weights
+
+
+def load_checkpoint(path: str | Path) -> tuple[Seq2Seq, Tokenizer, Tokenizer, dict]:
+    """A training checkpoint (model/train.py, export/recover.py): the model in eval mode, the
+    source and target tokenizers, and the whole saved state."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = Seq2Seq(Seq2SeqConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, Tokenizer.from_str(state["src_tokenizer"]), Tokenizer.from_str(state["tgt_tokenizer"]), state
 
 
 def count_parameters(model: nn.Module) -> int:

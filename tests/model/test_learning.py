@@ -38,7 +38,7 @@ def test_model_masters_a_toy_translation_task(tmp_path):
         ]
     )  # fmt: skip
     assert summary["best_dev_bleu"] > 50
-    from export.convert import load_checkpoint
+    from model.model import load_checkpoint
 
     model, src_tok, tgt_tok, _ = load_checkpoint(tmp_path / "run" / "best.pt")
     from model.tokenizer import encode

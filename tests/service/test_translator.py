@@ -42,7 +42,7 @@ def pairs():
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint):
     torch = pytest.importorskip("torch")
-    from export.convert import load_checkpoint
+    from model.model import load_checkpoint
 
     torch.set_num_threads(1)
     model, src_tok, _, _ = load_checkpoint(tiny_checkpoint)

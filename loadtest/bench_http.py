@@ -171,7 +171,8 @@ def server(key: str, args: argparse.Namespace, logs: Path) -> Server:
         argv = [sys.executable, "-m", "loadtest.baseline_server", "--checkpoint", str(args.checkpoint)]
         return Server(key, [*argv, "--port", "{port}"], env, logs)
     argv = [*native(SERVICE_COMMAND), "--bundle", str(args.bundle), "--host", "127.0.0.1", "--port", "{port}"]
-    return Server(key, argv, env | SERVICE_ENV | {"BATCHING_MODE": MODES[key]}, logs)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    return Server(key, argv, env | SERVICE_ENV | {"BATCHING_MODE": MODES[key]} | overrides, logs)
 
 
 def greedy(text: str) -> dict:
@@ -338,6 +339,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--single", type=int, default=50, help="requests of the single-request latency")
     ap.add_argument("--servers", default="a,b,c,d", help="a subset of a,b,c,d")
     ap.add_argument("--seed", type=int, default=1, help="shuffles the sentences")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a service setting, repeatable")
     ap.add_argument("--json", type=Path, default=ROOT / "loadtest" / "reports" / "bench_http.json")
     ap.add_argument("--plot", type=Path, default=ROOT / "loadtest" / "reports" / "bench_http.png")
     ap.add_argument("--dry-run", action="store_true", help="levels 1,2 of about a second each (seconds in all)")
@@ -369,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpus": os.cpu_count(),
         "threads": "one per core (torch.set_num_threads, INTRA_OP_THREADS=0)",
         "load_average_1m": round(os.getloadavg()[0], 2),
-        "service_env": SERVICE_ENV,
+        "service_env": SERVICE_ENV | dict(item.split("=", 1) for item in args.set),
     }
     servers, skipped = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as logs:

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import redis
 
+from service.engine import auto_threads
+
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = ROOT / "docker" / "nginx.conf"
 # The images' CMD and HEALTHCHECK (docker/Dockerfile, docker/Dockerfile.gpu), with "python" as
@@ -217,7 +219,7 @@ class Topology:
             "REDIS_URL": self.redis_url,
             "TRUST_FORWARDED_FOR": "true",
             # Replicas share this machine's cores here; in compose each container has its own.
-            "INTRA_OP_THREADS": str(max(1, (os.cpu_count() or 1) // self.replicas)),
+            "INTRA_OP_THREADS": str(auto_threads((os.cpu_count() or 1) // self.replicas)),
             "DRAIN_TIMEOUT_S": str(max(1.0, self.stop_timeout_s - 2)),
         }
         if self.bundle is not None:

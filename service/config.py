@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     bundle_dir: Path = DEFAULT_BUNDLE
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when onnxruntime offers it, else CPU
     cuda_device_id: int = 0
-    intra_op_threads: int = 0  # 0: one per core
+    intra_op_threads: int = 0  # 0: one per core but one, left to the event loop (at least 1)
     warmup: bool = True  # decode a sentence before reporting ready
 
     # Batching and queue policy

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from service.bundle import BundleError, load_bundle
-from service.engine import CPU, CUDA, DecoderState, Engine, SourceRows, choose_providers
+from service.engine import CPU, CUDA, DecoderState, Engine, SourceRows, auto_threads, choose_providers
 
 BOS = 2
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,3 +261,7 @@ def test_the_engine_benchmark_dry_run_writes_its_table(tiny_bundle, tmp_path):
     report = json.loads(out.read_text())
     assert {r["config"] for r in report["rows"]} >= {"onnxruntime batch 1", "request-level batching"}
     assert report["decoder_step"]["gflops"] > 0 and report["matmul_gflops"] > 0
+
+
+def test_auto_threads_leave_one_core_to_the_event_loop():
+    assert [auto_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]

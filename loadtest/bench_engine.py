@@ -130,6 +130,80 @@ def run_torch(checkpoint: Path, sources: list[list[int]], beam: int, threads: in
     return time.perf_counter() - start, latencies, outputs
 
 
+class TimedEngine:
+    """An engine that adds up the seconds spent in each of its two calls, so a batcher run splits
+    into encoding, decoder steps (onnxruntime and the engine's buffers) and the rest (the batcher
+    loop and the searches, in Python)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.bundle = engine, engine.bundle
+        self.seconds = {"encode": 0.0, "decode_step": 0.0}
+        self.steps = self.rows = 0
+
+    def encode(self, batch: list[list[int]]):
+        started = time.perf_counter()
+        try:
+            return self.engine.encode(batch)
+        finally:
+            self.seconds["encode"] += time.perf_counter() - started
+
+    def decode_step(self, state: DecoderState):
+        started = time.perf_counter()
+        try:
+            return self.engine.decode_step(state)
+        finally:
+            self.seconds["decode_step"] += time.perf_counter() - started
+            self.steps, self.rows = self.steps + 1, self.rows + len(state.tokens)
+
+
+def time_split(engine: Engine, sources: list[list[int]], beam: int, **batching) -> dict:
+    """Where a continuous all-at-once run spends its wall time."""
+    timed = TimedEngine(engine)
+    seconds = run_batcher(timed, sources, beam, "continuous", None, **batching)[0]  # type: ignore[arg-type]
+    encode, step = timed.seconds["encode"], timed.seconds["decode_step"]
+    return {
+        "beam": beam,
+        "seconds": round(seconds, 3),
+        "encode_share": round(encode / seconds, 3),
+        "decode_step_share": round(step / seconds, 3),
+        "python_share": round(1 - (encode + step) / seconds, 3),
+        "steps": timed.steps,
+        "mean_rows": round(timed.rows / max(1, timed.steps), 1),
+    }
+
+
+def step_profile(engine: Engine, sources: list[list[int]], rows: int, threads: int, runs: int) -> list[dict]:
+    """onnxruntime's own profile of the decoder step at `rows` rows: mean ms per node, largest first."""
+    batch = [sources[i % len(sources)] for i in range(rows)]
+    encoded = engine.encode(batch)
+    out = engine.decode_step(DecoderState(np.full(rows, engine.bundle.bos_id), encoded, np.full(rows, -1)))
+    state = DecoderState(out.topk_ids[:, 0], encoded, np.arange(rows), out)
+    feeds = {
+        "prev_tokens": np.ascontiguousarray(state.tokens, dtype=np.int64),
+        "hidden": out.hidden,
+        **out.source_rows.views(rows),  # type: ignore[union-attr]
+    }
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "step")
+        graph = str(engine.bundle.file("decoder_step"))
+        session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    total: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            key = f"{e['args']['op_name']} {e['name'].removesuffix('_kernel_time')}"
+            total[key] = total.get(key, 0.0) + e["dur"] / 1e3 / runs
+    whole = sum(total.values())
+    top = sorted(total.items(), key=lambda kv: -kv[1])
+    return [{"node": k, "ms": round(v, 3), "share": round(v / whole, 3)} for k, v in top]
+
+
 def step_flops(manifest: dict, src_len: float) -> float:
     """Floating-point operations of one decoder step for one row (2 per multiply-add)."""
     m = manifest["model"]
@@ -215,6 +289,26 @@ def markdown(rows: list[dict], step: dict, matmul: float) -> str:
     return "\n".join(lines)
 
 
+def where_time_goes(split: list[dict], profile: list[dict], int8_profile: list[dict] | None) -> str:
+    """The time split of the continuous runs and the decoder step's largest nodes, as Markdown."""
+    lines = [
+        "| continuous, all at once | seconds | encoder | decoder steps | batcher + search | steps | mean rows |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in split:
+        lines.append(
+            f"| beam {s['beam']} | {s['seconds']} | {s['encode_share']:.0%} | {s['decode_step_share']:.0%} "
+            f"| {s['python_share']:.0%} | {s['steps']} | {s['mean_rows']} |"
+        )
+    profiles = [("float32", profile)] + ([("int8", int8_profile)] if int8_profile else [])
+    for name, nodes in profiles:
+        whole = sum(n["ms"] for n in nodes)
+        lines += ["", f"Decoder step at 64 rows, {name}, onnxruntime profile: {whole:.2f} ms of kernels", ""]
+        lines += ["| node | ms | share |", "|---|---:|---:|"]
+        lines += [f"| {n['node']} | {n['ms']} | {n['share']:.0%} |" for n in nodes[:8]]
+    return "\n".join(lines)
+
+
 def ratios(rows: list[dict], step: dict, matmul: float) -> dict:
     """The issue's targets, as measured ratios (greedy rows)."""
     by = {(r["config"], r["beam"]): r["sentences_per_s"] for r in rows}
@@ -238,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--checkpoint", type=Path, help="PyTorch checkpoint for the eager rows (skipped without)")
     ap.add_argument("--int8", action="store_true", help="also measure a dynamic-int8 copy of the bundle")
     ap.add_argument("--limit", type=int, default=0, help="sentences of the test split (0 = all)")
-    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = one per core)")
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = one per core: no event loop here)")
     ap.add_argument("--max-rows", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=8192)
     ap.add_argument("--max-requests", type=int, default=32)
@@ -254,11 +348,11 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = pairs[:limit] if limit else pairs
     threads = args.threads or os.cpu_count() or 1
     bundle = load_bundle(args.bundle)
-    engine = Engine(bundle, device="cpu", threads=args.threads)
+    engine = Engine(bundle, device="cpu", threads=threads)
     sources = [bundle.encode(p.src) for p in pairs]
     refs = [p.tgt for p in pairs]
     batching = {"max_rows": args.max_rows, "max_tokens": args.max_tokens}
-    print(f"{len(pairs)} sentences, bundle {args.bundle}, threads {args.threads or 'default'}", file=sys.stderr)
+    print(f"{len(pairs)} sentences, bundle {args.bundle}, threads {threads}", file=sys.stderr)
     run_batcher(engine, sources[:4], 1, "continuous", None, **batching)  # warm up
 
     rows = []
@@ -290,13 +384,16 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(summarize(f"continuous, Poisson {rate:.1f}/s", beam, *poisson, refs, bundle))
         if args.int8:
             with tempfile.TemporaryDirectory() as tmp:
-                int8 = Engine(load_bundle(quantized_copy(args.bundle, Path(tmp))), device="cpu", threads=args.threads)
+                int8 = Engine(load_bundle(quantized_copy(args.bundle, Path(tmp))), device="cpu", threads=threads)
                 q = run_batcher(int8, sources, beam, "continuous", None, **batching)
                 rows.append(summarize("int8 continuous, all at once", beam, *q, refs, bundle))
                 if beam == 1:
                     int8_step = decoder_step_rate(int8, sources, 64, 3 if args.dry_run else 50)
+                    int8_profile = step_profile(int8, sources, 64, threads, 3 if args.dry_run else 50)
 
     step = decoder_step_rate(engine, sources, 64, 3 if args.dry_run else 50)
+    profile = step_profile(engine, sources, 64, threads, 3 if args.dry_run else 50)
+    split = [time_split(engine, sources, beam, **batching) for beam in (1, BEAM)]
     matmul = matmul_rate(threads, 256 if args.dry_run else 1024, 3 if args.dry_run else 10)
     report = {
         "bundle": str(args.bundle),
@@ -308,11 +405,15 @@ def main(argv: list[str] | None = None) -> dict:
         "decoder_step": step,
         "matmul_gflops": matmul,
         "targets": ratios(rows, step, matmul),
+        "continuous_time_split": split,
+        "decoder_step_profile": profile,
     }
     if args.int8:
         report["int8_decoder_step"] = int8_step
+        report["int8_decoder_step_profile"] = int8_profile
         report["targets"]["int8_step_speedup"] = round(step["ms_per_step"] / int8_step["ms_per_step"], 2)
     table = markdown(rows, step, matmul)
+    table += "\n\n" + where_time_goes(split, profile, report.get("int8_decoder_step_profile"))
     print(table)
     print(json.dumps(report["targets"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)

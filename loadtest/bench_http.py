@@ -257,18 +257,15 @@ def targets(servers: dict) -> list[dict]:
             rows.append(
                 row(f"(d)/({key}) sentences/s", f">= {goal}", found, figure, found is not None and found >= goal)
             )
-    if "c" in servers:
-        peak = max(servers["c"]["levels"], key=lambda r: r["sentences_per_s"])
-        fit = [r for r in d["levels"] if r["p99_ms"] <= peak["p99_ms"]]
-        best = max(fit, key=lambda r: r["sentences_per_s"], default=None)
-        found = ratio(best["sentences_per_s"], peak["sentences_per_s"]) if best else None
-        figure = f"(c) peak {peak['sentences_per_s']} sent/s at p99 {peak['p99_ms']} ms ({peak['clients']} clients); "
-        figure += (
-            f"(d) {best['sentences_per_s']} sent/s at p99 {best['p99_ms']} ms ({best['clients']} clients)"
-            if best
-            else "(d) never at that p99 or lower"
+    if "c" in servers:  # at the top level too, and only if (d) is not slower at the tail there
+        c = servers["c"]["levels"][-1]
+        found = ratio(top["sentences_per_s"], c["sentences_per_s"])
+        figure = (
+            f"{top['sentences_per_s']} vs {c['sentences_per_s']} sent/s, p99 {top['p99_ms']} vs {c['p99_ms']} ms "
+            f"at {top['clients']} clients"
         )
-        rows.append(row("(d)/(c) at equal or lower p99", ">= 1.3", found, figure, found is not None and found >= 1.3))
+        met = found is not None and found >= 1.3 and top["p99_ms"] <= c["p99_ms"]
+        rows.append(row("(d)/(c) sentences/s at equal or lower p99", ">= 1.3", found, figure, met))
     p50 = d["single"]["p50_ms"]
     rows.append(row("(d) single greedy p50 ms", "<= 25", p50, f"{p50} ms, p95 {d['single']['p95_ms']} ms", p50 <= 25))
     return rows

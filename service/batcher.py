@@ -185,14 +185,15 @@ class Batcher:
 
     # The caller's side (any thread).
 
-    def submit(self, src_ids: list[int], search: Search, deadline: float | None = None) -> Entry:
-        """Queue a request; raises QueueFull at once when the queue is full or closed."""
-        entry = Entry(list(src_ids), search, deadline)
+    def submit(
+        self, src_ids: list[int], search: Search, deadline: float | None = None, source: EncodedSource | None = None
+    ) -> Entry:
+        """Queue a request; raises QueueFull at once when the queue is full or closed. A source
+        the caller already encoded (`engine.encode`, on a thread of its own) is used as it is;
+        otherwise the entry is encoded when admitted."""
+        entry = Entry(list(src_ids), search, deadline, source=source)
         with self._cond:
-            if not self._accepting:
-                raise QueueFull("the batcher is shutting down")
-            if len(self._queue) >= self.queue_size:
-                raise QueueFull(f"the waiting queue is full ({self.queue_size} entries)")
+            self.check_room()
             self._queue.append(entry)
             self._cond.notify()
         return entry
@@ -210,6 +211,13 @@ class Batcher:
     def full(self) -> bool:
         """Whether `submit` would raise QueueFull now (read without the lock: a hint, not a promise)."""
         return not self._accepting or len(self._queue) >= self.queue_size
+
+    def check_room(self) -> None:
+        """Raise QueueFull, saying why, when `submit` would."""
+        if not self._accepting:
+            raise QueueFull("the batcher is shutting down")
+        if len(self._queue) >= self.queue_size:
+            raise QueueFull(f"the waiting queue is full ({self.queue_size} entries)")
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
@@ -308,16 +316,20 @@ class Batcher:
         return admitted, None
 
     def _start(self, entries: list[Entry]) -> None:
-        """Encode the admitted entries together and add them to the running batch."""
+        """Encode the admitted entries that are not encoded yet, together, and add them all to
+        the running batch."""
+        todo = [e for e in entries if e.source is None]
         try:
-            sources = self.engine.encode([e.src_ids for e in entries])
+            sources = self.engine.encode([e.src_ids for e in todo]) if todo else []
         except Exception as exc:
-            log.exception("encoding %d entries failed", len(entries))
+            log.exception("encoding %d entries failed", len(todo))
             self._fail(entries, exc)
             return
+        for entry, source in zip(todo, sources, strict=True):
+            entry.source = source
         now = time.monotonic()
-        for entry, source in zip(entries, sources, strict=True):
-            entry.source, entry.started_at = source, now
+        for entry in entries:
+            entry.started_at = now
             entry.origin = np.full(entry.search.rows, -1, dtype=np.int64)
             self._layout.place(entry)
         with self._cond:

@@ -111,15 +111,17 @@ class Service:
         return found
 
 
-def get_service(request: Request) -> Service:
+# async so that FastAPI calls them in the event loop: a plain `def` dependency costs each request
+# a hop to the thread pool and back (py-spy under load: 7% of the event loop's samples).
+async def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
-def get_translator(request: Request) -> Translator:
+async def get_translator(request: Request) -> Translator:
     return request.app.state.service.translator
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.service.settings
 
 

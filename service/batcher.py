@@ -24,6 +24,7 @@ an answer, closing included.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -89,6 +90,17 @@ class Entry:
         return None
 
 
+def lower_priority(nice: int) -> None:
+    """Add `nice` to the calling thread's niceness (Linux: each thread has its own); elsewhere,
+    or without the right, nothing."""
+    if nice > 0 and hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        except OSError as e:
+            log.warning("could not lower the priority of thread %s: %s", threading.current_thread().name, e)
+
+
 def _resolve(entry: Entry, *, error: BaseException | None = None) -> None:
     """Set the entry's future (once) from its search, or to an error."""
     now = time.monotonic()
@@ -151,6 +163,8 @@ class Batcher:
         max_requests: request mode: entries run together at most.
         wait_ms: request mode: how long to collect entries for a batch.
         queue_size: waiting entries at most; `submit` raises QueueFull beyond.
+        nice: added to the scheduler thread's niceness (Linux), so that on a busy machine the
+            event loop (admission, refusals, answers) runs before more decoding does.
     """
 
     def __init__(
@@ -163,6 +177,7 @@ class Batcher:
         max_requests: int = 32,
         wait_ms: float = 5.0,
         queue_size: int = 256,
+        nice: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"batching mode must be one of {MODES}, got {mode!r}")
@@ -171,7 +186,9 @@ class Batcher:
         self.max_rows, self.max_tokens = max_rows, max_tokens
         self.max_requests, self.wait_s = max_requests, wait_ms / 1e3
         self.queue_size = queue_size
+        self.nice = nice
         self._queue: deque[Entry] = deque()
+        self._reserved = 0  # places taken by requests being encoded
         self._active: list[Entry] = []
         self._starting: list[Entry] = []  # admitted, being encoded
         self._layout = RowLayout()
@@ -186,14 +203,25 @@ class Batcher:
     # The caller's side (any thread).
 
     def submit(
-        self, src_ids: list[int], search: Search, deadline: float | None = None, source: EncodedSource | None = None
+        self,
+        src_ids: list[int],
+        search: Search,
+        deadline: float | None = None,
+        source: EncodedSource | None = None,
+        reserved: bool = False,
     ) -> Entry:
         """Queue a request; raises QueueFull at once when the queue is full or closed. A source
         the caller already encoded (`engine.encode`, on a thread of its own) is used as it is;
-        otherwise the entry is encoded when admitted."""
+        otherwise the entry is encoded when admitted. `reserved`: the caller holds a place
+        taken with `reserve`, which this uses up (or gives back, when closed)."""
         entry = Entry(list(src_ids), search, deadline, source=source)
         with self._cond:
-            self.check_room()
+            if reserved:
+                self._reserved -= 1
+                if not self._accepting:
+                    raise QueueFull("the batcher is shutting down")
+            else:
+                self.check_room()
             self._queue.append(entry)
             self._cond.notify()
         return entry
@@ -210,19 +238,31 @@ class Batcher:
     @property
     def full(self) -> bool:
         """Whether `submit` would raise QueueFull now (read without the lock: a hint, not a promise)."""
-        return not self._accepting or len(self._queue) >= self.queue_size
+        return not self._accepting or len(self._queue) + self._reserved >= self.queue_size
 
     def check_room(self) -> None:
         """Raise QueueFull, saying why, when `submit` would."""
         if not self._accepting:
             raise QueueFull("the batcher is shutting down")
-        if len(self._queue) >= self.queue_size:
+        if len(self._queue) + self._reserved >= self.queue_size:
             raise QueueFull(f"the waiting queue is full ({self.queue_size} entries)")
+
+    def reserve(self) -> None:
+        """Take a place in the waiting queue for a request still being prepared (encoded), or
+        raise QueueFull: what waits to be encoded counts against the bound like what waits to
+        be decoded. Used up by `submit(..., reserved=True)`, or given back with `unreserve`."""
+        with self._cond:
+            self.check_room()
+            self._reserved += 1
+
+    def unreserve(self) -> None:
+        with self._cond:
+            self._reserved -= 1
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
             active = list(self._active)
-            depth = len(self._queue)
+            depth = len(self._queue) + self._reserved
         return {
             "mode": self.mode,
             "queue_depth": depth,
@@ -251,6 +291,7 @@ class Batcher:
     # The scheduler thread.
 
     def _loop(self) -> None:
+        lower_priority(self.nice)
         while True:
             admitted, dropped, stop = self._next()
             for entry, reason in dropped:

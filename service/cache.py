@@ -9,6 +9,7 @@ translation.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -17,6 +18,7 @@ import unicodedata
 from collections import OrderedDict
 from typing import Protocol
 
+import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -40,14 +42,35 @@ def cache_key(version: str, text: str, options: DecodeOptions) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+MATRICES = ("attention", "word_attention")  # float lists stored as float64 bytes: exact, and cheap
+
+
 def to_json(t: Translation) -> str:
-    return json.dumps(dataclasses.asdict(t), ensure_ascii=False)
+    """The translation as JSON, its attention matrices as base64 of float64 bytes: writing them
+    as JSON numbers (and `dataclasses.asdict`'s deep copy) took a third of a replica's event
+    loop under overload (py-spy), for every translation put in Redis."""
+
+    def plain(t: Translation) -> dict:
+        d = {f.name: getattr(t, f.name) for f in dataclasses.fields(t)}
+        d["alternatives"] = [plain(a) for a in t.alternatives]
+        for name in MATRICES:
+            rows = d[name]
+            shape = [len(rows), len(rows[0]) if rows else 0]
+            d[name] = {"shape": shape, "f8": base64.b64encode(np.asarray(rows, dtype=np.float64).tobytes()).decode()}
+        return d
+
+    return json.dumps(plain(t), ensure_ascii=False)
 
 
 def from_json(blob: str | bytes) -> Translation:
     def build(d: dict) -> Translation:
         d["alternatives"] = [build(a) for a in d["alternatives"]]
         d["alignment"] = [tuple(pair) for pair in d["alignment"]]
+        for name in MATRICES:
+            packed = d[name]
+            if not isinstance(packed, dict):
+                raise ValueError(f"{name} is not in the packed form")
+            d[name] = np.frombuffer(base64.b64decode(packed["f8"]), dtype=np.float64).reshape(packed["shape"]).tolist()
         return Translation(**d)
 
     return build(json.loads(blob))

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     queue_size: int = 256  # waiting entries; a full queue rejects at once (503)
     max_in_flight: int = 512  # requests handled at once (reading, queued, decoding); past it 503 at once; 0: no cap
     request_timeout_s: float = 30.0  # deadline from arrival; past it the request answers 504
+    worker_nice: int = 10  # niceness added to the decoder and encoder threads: the event loop goes first (Linux)
 
     # Decoding defaults and caps
     default_beam_size: int = 4

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from service.alignment import merge_to_words
-from service.batcher import Batcher, Entry, QueueFull, Result
+from service.batcher import Batcher, Entry, QueueFull, Result, lower_priority
 from service.bundle import check_version, load_bundle
 from service.config import Settings
 from service.decoding import BeamSearch, GreedySearch, Hypothesis, Search
@@ -89,6 +89,7 @@ class Translator:
             max_requests=settings.max_batch_requests,
             wait_ms=settings.batch_wait_ms,
             queue_size=settings.queue_size,
+            nice=settings.worker_nice,
         )
         self.manifest: dict[str, Any] = self.bundle.manifest
         self.model_id: str = self.manifest["id"]
@@ -96,7 +97,9 @@ class Translator:
         self.source_lang: str = self.manifest["source_lang"]
         self.target_lang: str = self.manifest["target_lang"]
         self._specials = frozenset(self.manifest["special_tokens"]["names"])
-        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+        self._encoder = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="encoder", initializer=lower_priority, initargs=(settings.worker_nice,)
+        )
 
     @property
     def accepting(self) -> bool:
@@ -139,12 +142,16 @@ class Translator:
     async def translate(self, text: str, options: DecodeOptions, *, deadline: float | None = None) -> Translation:
         """Translate one text. Raises QueueFull (queue full or shutting down), DeadlineExceeded
         and ValueError (bad options). A cancelled await cancels the entry."""
-        self.batcher.check_room()  # refuse before spending the encoder on it
-        src_ids, source = await asyncio.get_running_loop().run_in_executor(self._encoder, self._encode, text)
-        search = self.make_search(len(src_ids), options)
+        self.batcher.reserve()  # a place in the queue before the encoder is spent on it
+        try:
+            src_ids, source = await asyncio.get_running_loop().run_in_executor(self._encoder, self._encode, text)
+            search = self.make_search(len(src_ids), options)
+        except BaseException:
+            self.batcher.unreserve()
+            raise
         if deadline is None and self.settings.request_timeout_s > 0:
             deadline = time.monotonic() + self.settings.request_timeout_s
-        entry = self.batcher.submit(src_ids, search, deadline, source=source)
+        entry = self.batcher.submit(src_ids, search, deadline, source=source, reserved=True)
         try:
             result = await asyncio.wrap_future(entry.future)
         except asyncio.CancelledError:

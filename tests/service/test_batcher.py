@@ -188,6 +188,24 @@ def test_a_full_queue_rejects_at_once(make_batcher):
         assert e.future.result(5).stop_reason == "eos"
 
 
+def test_places_reserved_for_requests_being_encoded_count_against_the_queue_bound(make_batcher):
+    gate = threading.Event()
+    batcher = make_batcher(ScriptedEngine(gate=gate), queue_size=2, max_rows=1)
+    running = batcher.submit([5] * 3, greedy())
+    wait_for(lambda: batcher.stats()["active_entries"] == 1)
+    batcher.reserve()
+    batcher.reserve()
+    assert batcher.full and batcher.stats()["queue_depth"] == 2
+    with pytest.raises(QueueFull, match="queue is full"):
+        batcher.submit([5] * 3, greedy())
+    batcher.unreserve()  # that request went away while being encoded
+    queued = batcher.submit([5] * 3, greedy(), reserved=True)  # the other one is queued in its place
+    assert batcher.stats()["queue_depth"] == 1 and not batcher.full
+    gate.set()
+    for e in (running, queued):
+        assert e.future.result(5).stop_reason == "eos"
+
+
 def test_a_request_past_its_deadline_stops_at_the_next_step(make_batcher):
     batcher = make_batcher(ScriptedEngine(delay=0.002))
     other = batcher.submit([5] * 20, greedy())

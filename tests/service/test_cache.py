@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+import numpy as np
+import pytest
 from redis.asyncio import Redis
 
 from service.cache import MemoryCache, RedisCache, cache_key, from_json, normalize, to_json
@@ -62,6 +65,21 @@ def test_normalize_composes_unicode_and_collapses_whitespace():
 def test_a_translation_survives_the_json_round_trip():
     t = translation()
     assert from_json(to_json(t)) == t
+
+
+def test_attention_comes_back_bit_for_bit_and_is_not_written_as_json_numbers():
+    t = translation()
+    t.attention = np.random.default_rng(0).dirichlet(np.ones(7), size=5).astype(np.float32).tolist()
+    blob = to_json(t)
+    assert from_json(blob).attention == t.attention
+    assert str(t.attention[0][0]) not in blob
+
+
+def test_an_entry_in_the_older_plain_form_is_refused_so_the_cache_reads_a_miss():
+    old = json.loads(to_json(translation()))
+    old["attention"] = [[0.9, 0.1], [0.2, 0.8]]
+    with pytest.raises(ValueError, match="packed"):
+        from_json(json.dumps(old))
 
 
 def test_the_memory_cache_evicts_the_least_recently_used():

@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test lint install-serve install-dev corpus train export recover bench topology loadtest clean
+.PHONY: run test lint install-serve install-dev corpus train export recover bench bench-http topology loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ recover: $(RECOVERED)
 bench: corpus $(RECOVERED)
 	$(BIN)/python loadtest/bench_engine.py --bundle bundles/en-es --checkpoint $(RECOVERED) \
 		--test data/bible/test.tsv --int8 --json loadtest/reports/bench_engine.json
+
+# The same over HTTP: PyTorch eager baseline and the three batching modes, 1/8/32/64 clients.
+bench-http: corpus $(RECOVERED)
+	$(BIN)/python -m loadtest.bench_http --bundle bundles/en-es --checkpoint $(RECOVERED) \
+		--test data/bible/test.tsv --json loadtest/reports/bench_http.json --plot loadtest/reports/bench_http.png
 
 # Redis + two replicas + nginx on loopback, as docker-compose.yml runs them (Ctrl-C stops).
 topology: $(VENV)/.dev

@@ -255,6 +255,13 @@ def matmul_rate(threads: int, size: int, repeats: int) -> float:
     return 2.0 * size**3 / best / 1e9
 
 
+def peak_matmul_rate(threads: int, dry_run: bool = False) -> float:
+    """The best float32 GFLOP/s of square products of 256, 512 and 1024 (here 512 is fastest: it
+    fits in cache), the yardstick of the step's efficiency."""
+    sizes = (64,) if dry_run else (256, 512, 1024)
+    return max(matmul_rate(threads, size, 3 if dry_run else 10) for size in sizes)
+
+
 def quantized_copy(bundle_dir: Path, folder: Path) -> Path:
     """A copy of the bundle with both graphs dynamically quantized to int8."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -325,6 +332,21 @@ def ratios(rows: list[dict], step: dict, matmul: float) -> dict:
     return out
 
 
+def steps_only(engine: Engine, sources: list[list[int]], rows: list[int], threads: int, dry_run: bool) -> dict:
+    """The bare decoder step at each row count: ms per step, ms per row, GFLOP/s, share of the matmul rate."""
+    matmul = peak_matmul_rate(threads, dry_run)
+    found = [decoder_step_rate(engine, sources, r, 3 if dry_run else 50) for r in rows]
+    lines = [f"threads {threads}, float32 matrix product (best of 256, 512, 1024) {matmul:.1f} GFLOP/s", ""]
+    lines += ["| rows | ms per step | ms per row | GFLOP/s | share of matmul |", "|---:|---:|---:|---:|---:|"]
+    for f in found:
+        lines.append(
+            f"| {f['rows']} | {f['ms_per_step']} | {f['ms_per_step'] / f['rows']:.3f} | {f['gflops']:.1f} "
+            f"| {f['gflops'] / matmul:.0%} |"
+        )
+    print("\n".join(lines))
+    return {"threads": threads, "matmul_gflops": matmul, "steps": found}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "en-es")
@@ -341,6 +363,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, default=ROOT / "loadtest" / "reports" / "bench_engine.json")
     ap.add_argument("--dry-run", action="store_true", help="a few sentences and short timings (seconds)")
+    ap.add_argument(
+        "--steps-only",
+        metavar="ROWS",
+        help="only time the bare decoder step at these rows (e.g. 1,16,64) and the matmul rate, then stop",
+    )
     args = ap.parse_args(argv)
 
     pairs: list[Pair] = read_tsv(args.test)
@@ -353,6 +380,8 @@ def main(argv: list[str] | None = None) -> dict:
     refs = [p.tgt for p in pairs]
     batching = {"max_rows": args.max_rows, "max_tokens": args.max_tokens}
     print(f"{len(pairs)} sentences, bundle {args.bundle}, threads {threads}", file=sys.stderr)
+    if args.steps_only:
+        return steps_only(engine, sources, [int(r) for r in args.steps_only.split(",")], threads, args.dry_run)
     run_batcher(engine, sources[:4], 1, "continuous", None, **batching)  # warm up
 
     rows = []
@@ -394,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict:
     step = decoder_step_rate(engine, sources, 64, 3 if args.dry_run else 50)
     profile = step_profile(engine, sources, 64, threads, 3 if args.dry_run else 50)
     split = [time_split(engine, sources, beam, **batching) for beam in (1, BEAM)]
-    matmul = matmul_rate(threads, 256 if args.dry_run else 1024, 3 if args.dry_run else 10)
+    matmul = peak_matmul_rate(threads, args.dry_run)
     report = {
         "bundle": str(args.bundle),
         "version": bundle.manifest["version"],

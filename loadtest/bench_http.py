@@ -8,9 +8,11 @@ modes, each a server process of its own on 127.0.0.1, measured in turn on the sa
 Servers: (a) loadtest/baseline_server.py, PyTorch eager batch 1, one request at a time (skipped
 without --checkpoint); (b) `python -m service` with BATCHING_MODE=none; (c) request; (d)
 continuous. The service runs with rate limits off, its answer cache off (CACHE_SIZE=0: every
-request is decoded) and no Redis; both use one thread per core. Each server is started, waited
-for (GET /health/ready), measured and stopped (SIGTERM, wait) before the next starts, so they
-never share the CPU; the client (loadtest.reliability.Load, a thread of this process) does.
+request is decoded) and no Redis, and otherwise its defaults (INTRA_OP_THREADS=0: one per core
+but one; --set NAME=VALUE changes one); the baseline uses torch's one thread per core. Each
+server is started, waited for (GET /health/ready), measured and stopped (SIGTERM, wait) before
+the next starts, so they never share the CPU; the client (loadtest.reliability.Load, a thread of
+this process) does.
 
 Per server: a single-request latency (a greedy request for a median-length test sentence sent
 --single times in a row, p50 and p95 end to end), then for each of --levels closed-loop clients
@@ -318,7 +320,7 @@ def plot(servers: dict, path: Path) -> None:
     ax.set_title("throughput against tail latency; points: concurrent clients")
     ax.grid(alpha=0.3, which="both")
     if servers:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -366,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": args.seconds,
         "warmup_s": args.warmup,
         "cpus": os.cpu_count(),
-        "threads": "one per core (torch.set_num_threads, INTRA_OP_THREADS=0)",
+        "threads": "baseline: torch.set_num_threads(one per core); service: INTRA_OP_THREADS=0 (one per core but one)",
         "load_average_1m": round(os.getloadavg()[0], 2),
         "service_env": SERVICE_ENV | dict(item.split("=", 1) for item in args.set),
     }

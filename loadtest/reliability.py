@@ -321,11 +321,16 @@ class Verdict:
     hard: bool  # judged in a dry run too
 
 
-def overload(topo: Topology, args: argparse.Namespace) -> tuple[dict, list[Verdict]]:
-    body = short_greedy(sentences())
+def measured_load(topo: Topology, args: argparse.Namespace, body: Callable[[int], dict], share: float):
+    """(the URL to load, its capacity in requests/s for these bodies, `share` times that capacity)."""
     url = target(topo, args)
     found = capacity(url, body, args.clients, args.probe_s)
-    rate = args.factor * found
+    return url, found, share * found
+
+
+def overload(topo: Topology, args: argparse.Namespace) -> tuple[dict, list[Verdict]]:
+    body = short_greedy(sentences())
+    url, found, rate = measured_load(topo, args, body, args.factor)
     before = served(topo)
 
     def queue_depths() -> list[float]:
@@ -389,9 +394,7 @@ def overload(topo: Topology, args: argparse.Namespace) -> tuple[dict, list[Verdi
 
 def soak(topo: Topology, args: argparse.Namespace) -> tuple[dict, list[Verdict]]:
     body = mixed(sentences())
-    url = target(topo, args)
-    found = capacity(url, body, args.clients, args.probe_s)
-    rate = args.load * found
+    url, found, rate = measured_load(topo, args, body, args.load)
     pids = replica_pids(topo)
     seconds = args.minutes * 60
     with Sampler(lambda: [rss_bytes(p) for p in pids], 1.0) as memory, Load(url, body, rate=rate) as load:

@@ -261,6 +261,21 @@ def test_the_engine_benchmark_dry_run_writes_its_table(tiny_bundle, tmp_path):
     report = json.loads(out.read_text())
     assert {r["config"] for r in report["rows"]} >= {"onnxruntime batch 1", "request-level batching"}
     assert report["decoder_step"]["gflops"] > 0 and report["matmul_gflops"] > 0
+    assert [s["beam"] for s in report["continuous_time_split"]] == [1, 5]
+    split = report["continuous_time_split"][0]
+    assert split["encode_share"] > 0 and split["decode_step_share"] > 0 and split["steps"] > 0
+    assert report["decoder_step_profile"][0]["ms"] > 0 and report["int8_decoder_step_profile"]
+    assert "| beam 1 |" in done.stdout and "onnxruntime profile" in done.stdout
+
+
+def test_the_engine_benchmark_can_time_the_bare_step_alone(tiny_bundle):
+    test = Path(__file__).resolve().parents[1] / "fixtures" / "tiny" / "test.tsv"
+    args = ["--dry-run", "--bundle", str(tiny_bundle), "--test", str(test), "--threads", "1", "--steps-only", "1,4"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest" / "bench_engine.py"), *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| 1 |" in done.stdout and "| 4 |" in done.stdout and "share of matmul" in done.stdout
 
 
 def test_auto_threads_leave_one_core_to_the_event_loop():

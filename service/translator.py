@@ -220,4 +220,6 @@ class Translator:
         """Stop accepting (translate raises QueueFull), let in-flight work finish for up to
         drain_timeout seconds, fail what remains with QueueFull, stop the thread."""
         self.batcher.close(drain_timeout)
-        self._encoder.shutdown(wait=False, cancel_futures=True)
+        # Texts still being encoded finish (milliseconds each) and are then refused by the closed
+        # batcher with QueueFull, a clean 503; cancelling them would surface as a cancellation.
+        self._encoder.shutdown(wait=False)

@@ -4,6 +4,7 @@ queue policy through asyncio, and a service that never imports torch."""
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -284,3 +285,28 @@ def test_a_closed_translator_refuses_new_work(tiny_bundle):
     assert not t.accepting
     with pytest.raises(QueueFull, match="shutting down"):
         asyncio.run(t.translate("Hello.", DecodeOptions()))
+
+
+def test_a_text_being_encoded_when_the_translator_closes_is_refused_cleanly(tiny_bundle):
+    t = make_translator(tiny_bundle)
+    started, release = threading.Event(), threading.Event()
+    real = t._encode
+
+    def held(text):
+        started.set()
+        release.wait(5)
+        return real(text)
+
+    t._encode = held
+
+    async def scenario():
+        task = asyncio.ensure_future(t.translate("Hello.", DecodeOptions()))
+        await until(started.is_set)
+        assert t.stats()["queue_depth"] == 1  # its place is held while it is encoded
+        t.close()
+        release.set()
+        with pytest.raises(QueueFull, match="shutting down"):
+            await task
+
+    asyncio.run(scenario())
+    assert t.stats()["queue_depth"] == 0

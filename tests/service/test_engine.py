@@ -266,6 +266,8 @@ def test_the_engine_benchmark_dry_run_writes_its_table(tiny_bundle, tmp_path):
     assert split["encode_share"] > 0 and split["decode_step_share"] > 0 and split["steps"] > 0
     assert report["decoder_step_profile"][0]["ms"] > 0 and report["int8_decoder_step_profile"]
     assert "| beam 1 |" in done.stdout and "onnxruntime profile" in done.stdout
+    replay = report["step_live_vs_replayed"]
+    assert replay["live_median_ms"] > 0 and replay["replayed_median_ms"] > 0 and replay["steps"] > 0
 
 
 def test_the_engine_benchmark_can_time_the_bare_step_alone(tiny_bundle):

@@ -235,17 +235,23 @@ class Batcher:
     def accepting(self) -> bool:
         return self._accepting
 
+    def _refusal(self) -> str | None:
+        """Why `submit` would raise QueueFull now, or None."""
+        if not self._accepting:
+            return "the batcher is shutting down"
+        if len(self._queue) + self._reserved >= self.queue_size:
+            return f"the waiting queue is full ({self.queue_size} entries)"
+        return None
+
     @property
     def full(self) -> bool:
         """Whether `submit` would raise QueueFull now (read without the lock: a hint, not a promise)."""
-        return not self._accepting or len(self._queue) + self._reserved >= self.queue_size
+        return self._refusal() is not None
 
     def check_room(self) -> None:
         """Raise QueueFull, saying why, when `submit` would."""
-        if not self._accepting:
-            raise QueueFull("the batcher is shutting down")
-        if len(self._queue) + self._reserved >= self.queue_size:
-            raise QueueFull(f"the waiting queue is full ({self.queue_size} entries)")
+        if why := self._refusal():
+            raise QueueFull(why)
 
     def reserve(self) -> None:
         """Take a place in the waiting queue for a request still being prepared (encoded), or

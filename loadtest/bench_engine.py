@@ -229,14 +229,20 @@ def live_vs_replay(engine: Engine, sources: list[list[int]], beam: int, **batchi
     }
 
 
-def step_profile(engine: Engine, sources: list[list[int]], rows: int, threads: int, runs: int) -> list[dict]:
-    """onnxruntime's own profile of the decoder step at `rows` rows: mean ms per node, largest first."""
+def first_step(engine: Engine, sources: list[list[int]], rows: int):
+    """`rows` sentences (the sources over again as needed), encoded and run one step: the batch,
+    its encodings and the step's output."""
     batch = [sources[i % len(sources)] for i in range(rows)]
     encoded = engine.encode(batch)
     out = engine.decode_step(DecoderState(np.full(rows, engine.bundle.bos_id), encoded, np.full(rows, -1)))
-    state = DecoderState(out.topk_ids[:, 0], encoded, np.arange(rows), out)
+    return batch, encoded, out
+
+
+def step_profile(engine: Engine, sources: list[list[int]], rows: int, threads: int, runs: int) -> list[dict]:
+    """onnxruntime's own profile of the decoder step at `rows` rows: mean ms per node, largest first."""
+    _, _, out = first_step(engine, sources, rows)
     feeds = {
-        "prev_tokens": np.ascontiguousarray(state.tokens, dtype=np.int64),
+        "prev_tokens": np.ascontiguousarray(out.topk_ids[:, 0], dtype=np.int64),
         "hidden": out.hidden,
         **out.source_rows.views(rows),  # type: ignore[union-attr]
     }
@@ -274,11 +280,8 @@ def step_flops(manifest: dict, src_len: float) -> float:
 
 def decoder_step_rate(engine: Engine, sources: list[list[int]], rows: int, steps: int) -> dict:
     """Time the bare decoder step for `rows` rows continuing themselves; achieved GFLOP/s."""
-    batch = [sources[i % len(sources)] for i in range(rows)]
-    encoded = engine.encode(batch)
+    batch, encoded, out = first_step(engine, sources, rows)
     src_len = float(np.mean([len(s) for s in batch]))
-    state = DecoderState(np.full(rows, engine.bundle.bos_id), encoded, np.full(rows, -1))
-    out = engine.decode_step(state)
     for _ in range(3):  # warm up
         out = engine.decode_step(DecoderState(out.topk_ids[:, 0], encoded, np.arange(rows), out))
     start = time.perf_counter()

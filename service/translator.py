@@ -135,9 +135,13 @@ class Translator:
         """Queue a text; the deadline defaults to settings.request_timeout_s from now."""
         src_ids = self.bundle.encode(text)
         search = self.make_search(len(src_ids), options)
+        return src_ids, self.batcher.submit(src_ids, search, self._deadline(deadline))
+
+    def _deadline(self, deadline: float | None) -> float | None:
+        """The deadline given, else settings.request_timeout_s from now (none when that is 0)."""
         if deadline is None and self.settings.request_timeout_s > 0:
-            deadline = time.monotonic() + self.settings.request_timeout_s
-        return src_ids, self.batcher.submit(src_ids, search, deadline)
+            return time.monotonic() + self.settings.request_timeout_s
+        return deadline
 
     async def translate(self, text: str, options: DecodeOptions, *, deadline: float | None = None) -> Translation:
         """Translate one text. Raises QueueFull (queue full or shutting down), DeadlineExceeded
@@ -149,9 +153,7 @@ class Translator:
         except BaseException:
             self.batcher.unreserve()
             raise
-        if deadline is None and self.settings.request_timeout_s > 0:
-            deadline = time.monotonic() + self.settings.request_timeout_s
-        entry = self.batcher.submit(src_ids, search, deadline, source=source, reserved=True)
+        entry = self.batcher.submit(src_ids, search, self._deadline(deadline), source=source, reserved=True)
         try:
             result = await asyncio.wrap_future(entry.future)
         except asyncio.CancelledError:

@@ -56,9 +56,7 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 @torch.no_grad()
-def beam(
-    model: Seq2Seq, src_ids: list[int], beam_size: int = 5, n_best: int = 1, alpha: float = 0.6
-) -> list[dict]:
+def beam(model: Seq2Seq, src_ids: list[int], beam_size: int = 5, n_best: int = 1, alpha: float = 0.6) -> list[dict]:
     """Beam search for one sentence, with the same rules as the service's BeamSearch.
 
     At each step every live hypothesis offers its top 2k continuations; the 2k best overall are

@@ -45,7 +45,7 @@ def test_padding_changes_neither_tokens_nor_attention(rnn, attention):
     model = Seq2Seq(cfg).eval()
     sentence = [5, 9, 7, 11, 3]
     longer, shorter = [6, 8, 10, 12, 14, 16, 18, 20, 3], [4, 3]
-    (alone_tokens, alone_attn), = greedy(model, [sentence])
+    ((alone_tokens, alone_attn),) = greedy(model, [sentence])
     batch = greedy(model, [longer, sentence, shorter])
     tokens, attn = batch[1]
     assert tokens == alone_tokens

@@ -28,15 +28,17 @@ from model.corpus import read_tsv
 from model.decode import greedy, max_target_len, pad_batch
 from model.model import Seq2Seq, load_checkpoint
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIALS, UNK_ID, encode
-from service.bundle import file_digest  # the service checks bundles against the same digest
+from service.bundle import (  # the service reads bundles by the same names and digest
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    FORMAT_VERSION,
+    file_digest,
+)
 
 OPSET = 17
-TOPK = 32  # candidates per row computed in the graph: 2 x the largest beam (16)
-FORMAT_VERSION = 1
-ENCODER_INPUTS = ["src_ids", "src_lengths"]
-ENCODER_OUTPUTS = ["memory", "keys", "src_mask", "hidden"]
-DECODER_INPUTS = ["prev_tokens", "hidden", "memory", "keys", "src_mask"]
-DECODER_OUTPUTS = ["log_probs", "hidden_out", "attention", "topk_log_probs", "topk_ids"]
+TOPK = 32  # the widest top-k the graph gives: 2 x the largest beam (16)
 
 
 class EncoderGraph(nn.Module):
@@ -93,7 +95,7 @@ def export_graphs(model: Seq2Seq, folder: Path) -> None:
         DecoderStepGraph(model, topk),
         (prev, hidden, memory, keys, mask),
         str(folder / "decoder_step.onnx"),
-        input_names=DECODER_INPUTS,
+        input_names=DECODER_INPUTS[:-1],  # "k" is added below
         output_names=DECODER_OUTPUTS,
         dynamic_axes={
             "prev_tokens": {0: "rows"},
@@ -110,8 +112,31 @@ def export_graphs(model: Seq2Seq, folder: Path) -> None:
         opset_version=OPSET,
         dynamo=False,
     )
+    topk_from_input(folder / "decoder_step.onnx")
     for name in ("encoder.onnx", "decoder_step.onnx"):
         onnx.checker.check_model(str(folder / name), full_check=True)
+
+
+def topk_from_input(path: Path) -> None:
+    """Make the decoder graph's top-k width an input, "k" (int64, shape (1,), 1 to sizes.topk), in
+    place of the constant the exporter wrote: a greedy step asks for 1 candidate per row, a
+    beam of b for 2b, and the graph does no more than that (docs/PERFORMANCE.md measures it)."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    (node,) = [n for n in graph.node if n.op_type == "TopK"]
+    constant, node.input[1] = node.input[1], "k"
+    graph.input.append(onnx.helper.make_tensor_value_info("k", onnx.TensorProto.INT64, [1]))
+    for out in graph.output:
+        if out.name.startswith("topk_"):
+            out.type.tensor_type.shape.dim[1].dim_param = "k"
+    if all(constant not in n.input for n in graph.node):  # the old width, now unused
+        kept = [n for n in graph.node if constant not in n.output]
+        del graph.node[:]
+        graph.node.extend(kept)
+        kept_init = [t for t in graph.initializer if t.name != constant]
+        del graph.initializer[:]
+        graph.initializer.extend(kept_init)
+    onnx.save(model, str(path))
 
 
 def ort_greedy(folder: Path, srcs: list[list[int]]) -> tuple[list[list[int]], list[np.ndarray]]:
@@ -129,9 +154,10 @@ def ort_greedy(folder: Path, srcs: list[list[int]]) -> tuple[list[list[int]], li
     tokens: list[list[int]] = [[] for _ in range(B)]
     logps: list[list[np.ndarray]] = [[] for _ in range(B)]
     done = np.zeros(B, dtype=bool)
+    width = {"k": np.array([1])} if "k" in [i.name for i in dec.get_inputs()] else {}  # older graphs: fixed
     for t in range(max(limits)):
         log_probs, hidden, _, _, top_ids = dec.run(
-            None, {"prev_tokens": prev, "hidden": hidden, "memory": memory, "keys": keys, "src_mask": mask}
+            None, {"prev_tokens": prev, "hidden": hidden, "memory": memory, "keys": keys, "src_mask": mask, **width}
         )
         nxt = top_ids[:, 0]
         for i in range(B):
@@ -221,7 +247,7 @@ def write_manifest(
         "training": {
             "corpus": args.corpus,
             "checkpoint": str(args.checkpoint),
-            "epochs": len(state.get("history", [])),
+            "epochs": state.get("epochs") or len(state.get("history", [])),  # a recovered checkpoint has no history
             "steps": state.get("step"),
             "minutes": round(state.get("seconds", 0.0) / 60, 1),
             "best_dev_bleu": state.get("best_bleu"),

@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
             "tgt_tokenizer": tgt_json,
             # What the manifest kept of the training run, so a bundle made from this one keeps it too.
             "train_config": training.get("config"),
+            "epochs": training.get("epochs"),
             "step": training.get("steps"),
             "best_bleu": training.get("best_dev_bleu"),
             "seconds": 60 * (training.get("minutes") or 0.0),

@@ -36,7 +36,7 @@ from model.corpus import Pair, read_tsv  # noqa: E402
 from service.batcher import Batcher  # noqa: E402
 from service.bundle import Bundle, load_bundle  # noqa: E402
 from service.decoding import BeamSearch, GreedySearch, Search  # noqa: E402
-from service.engine import DecoderState, Engine  # noqa: E402
+from service.engine import STEP_OUTPUTS, DecoderState, Engine  # noqa: E402
 
 BEAM = 5
 
@@ -209,7 +209,7 @@ def live_vs_replay(engine: Engine, sources: list[list[int]], beam: int, **batchi
         finally:
             live.append(time.perf_counter() - started)
             if len(recorded) < 400:
-                recorded.append({k: np.array(v, copy=True) for k, v in feeds.items()})
+                recorded.append((names, {k: np.array(v, copy=True) for k, v in feeds.items()}))
 
     engine.decoder.run = timed_run  # type: ignore[method-assign]
     try:
@@ -217,9 +217,9 @@ def live_vs_replay(engine: Engine, sources: list[list[int]], beam: int, **batchi
     finally:
         engine.decoder.run = run  # type: ignore[method-assign]
     replayed = []
-    for feeds in recorded:
+    for names, feeds in recorded:
         started = time.perf_counter()
-        run(None, feeds)
+        run(names, feeds)
         replayed.append(time.perf_counter() - started)
     return {
         "beam": beam,
@@ -229,22 +229,26 @@ def live_vs_replay(engine: Engine, sources: list[list[int]], beam: int, **batchi
     }
 
 
-def first_step(engine: Engine, sources: list[list[int]], rows: int):
-    """`rows` sentences (the sources over again as needed), encoded and run one step: the batch,
-    its encodings and the step's output."""
+def first_step(engine: Engine, sources: list[list[int]], rows: int, candidates: int):
+    """`rows` sentences (the sources over again as needed), encoded and run one step that asks
+    for `candidates` per row: the batch, its encodings and the step's output."""
     batch = [sources[i % len(sources)] for i in range(rows)]
     encoded = engine.encode(batch)
-    out = engine.decode_step(DecoderState(np.full(rows, engine.bundle.bos_id), encoded, np.full(rows, -1)))
+    bos, fresh = np.full(rows, engine.bundle.bos_id), np.full(rows, -1)
+    out = engine.decode_step(DecoderState(bos, encoded, fresh, candidates=candidates))
     return batch, encoded, out
 
 
-def step_profile(engine: Engine, sources: list[list[int]], rows: int, threads: int, runs: int) -> list[dict]:
+def step_profile(
+    engine: Engine, sources: list[list[int]], rows: int, threads: int, runs: int, candidates: int = 1
+) -> list[dict]:
     """onnxruntime's own profile of the decoder step at `rows` rows: mean ms per node, largest first."""
-    _, _, out = first_step(engine, sources, rows)
+    _, _, out = first_step(engine, sources, rows, candidates)
     feeds = {
         "prev_tokens": np.ascontiguousarray(out.topk_ids[:, 0], dtype=np.int64),
         "hidden": out.hidden,
         **out.source_rows.views(rows),  # type: ignore[union-attr]
+        **engine.topk_feed(candidates),
     }
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -255,7 +259,7 @@ def step_profile(engine: Engine, sources: list[list[int]], rows: int, threads: i
         graph = str(engine.bundle.file("decoder_step"))
         session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         for _ in range(runs):
-            session.run(None, feeds)
+            session.run(STEP_OUTPUTS, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
     total: dict[str, float] = {}
     for e in events:
@@ -278,18 +282,29 @@ def step_flops(manifest: dict, src_len: float) -> float:
     return 2.0 * (gru + scores + src_len * M + output)
 
 
-def decoder_step_rate(engine: Engine, sources: list[list[int]], rows: int, steps: int) -> dict:
-    """Time the bare decoder step for `rows` rows continuing themselves; achieved GFLOP/s."""
-    batch, encoded, out = first_step(engine, sources, rows)
+def decoder_step_rate(engine: Engine, sources: list[list[int]], rows: int, steps: int, candidates: int = 1) -> dict:
+    """Time the bare decoder step for `rows` rows continuing themselves, each asking for
+    `candidates` (greedy 1, beam b 2b); achieved GFLOP/s."""
+    batch, encoded, out = first_step(engine, sources, rows, candidates)
     src_len = float(np.mean([len(s) for s in batch]))
+
+    def step(out):
+        return engine.decode_step(DecoderState(out.topk_ids[:, 0], encoded, np.arange(rows), out, candidates))
+
     for _ in range(3):  # warm up
-        out = engine.decode_step(DecoderState(out.topk_ids[:, 0], encoded, np.arange(rows), out))
+        out = step(out)
     start = time.perf_counter()
     for _ in range(steps):
-        out = engine.decode_step(DecoderState(out.topk_ids[:, 0], encoded, np.arange(rows), out))
+        out = step(out)
     seconds = (time.perf_counter() - start) / steps
     gflops = step_flops(engine.bundle.manifest, src_len) * rows / seconds / 1e9
-    return {"rows": rows, "mean_src_len": round(src_len, 1), "ms_per_step": round(seconds * 1e3, 3), "gflops": gflops}
+    return {
+        "rows": rows,
+        "candidates": candidates,
+        "mean_src_len": round(src_len, 1),
+        "ms_per_step": round(seconds * 1e3, 3),
+        "gflops": gflops,
+    }
 
 
 def matmul_rate(threads: int, size: int, repeats: int) -> float:
@@ -337,7 +352,7 @@ def quantized_copy(bundle_dir: Path, folder: Path) -> Path:
     return out
 
 
-def markdown(rows: list[dict], step: dict, matmul: float) -> str:
+def markdown(rows: list[dict], steps: list[dict], matmul: float) -> str:
     lines = [
         "| configuration | beam | sentences/s | target tokens/s | p50 ms | p99 ms | BLEU |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -347,12 +362,13 @@ def markdown(rows: list[dict], step: dict, matmul: float) -> str:
             f"| {r['config']} | {r['beam']} | {r['sentences_per_s']} | {r['tokens_per_s']} | {r['p50_ms']} "
             f"| {r['p99_ms']} | {r['bleu'] if r['bleu'] is not None else '-'} |"
         )
-    lines.append("")
-    lines.append(
-        f"Decoder step at {step['rows']} rows (mean source {step['mean_src_len']} ids): {step['ms_per_step']} ms, "
-        f"{step['gflops']:.1f} GFLOP/s = {100 * step['gflops'] / matmul:.0f}% of the measured float32 "
-        f"matrix-product rate ({matmul:.1f} GFLOP/s)."
-    )
+    for step in steps:
+        lines.append("")
+        lines.append(
+            f"Decoder step at {step['rows']} rows, top-{step['candidates']} (mean source {step['mean_src_len']} ids): "
+            f"{step['ms_per_step']} ms, {step['gflops']:.1f} GFLOP/s = {100 * step['gflops'] / matmul:.0f}% of the "
+            f"measured float32 matrix-product rate ({matmul:.1f} GFLOP/s)."
+        )
     return "\n".join(lines)
 
 
@@ -396,13 +412,15 @@ def ratios(rows: list[dict], step: dict, matmul: float) -> dict:
 def steps_only(engine: Engine, sources: list[list[int]], rows: list[int], threads: int, dry_run: bool) -> dict:
     """The bare decoder step at each row count: ms per step, ms per row, GFLOP/s, share of the matmul rate."""
     matmul = peak_matmul_rate(threads, dry_run)
-    found = [decoder_step_rate(engine, sources, r, 3 if dry_run else 50) for r in rows]
+    found = [
+        decoder_step_rate(engine, sources, r, 3 if dry_run else 50, candidates=k) for r in rows for k in (1, 2 * BEAM)
+    ]
     lines = [f"threads {threads}, float32 matrix product (best of 256, 512, 1024) {matmul:.1f} GFLOP/s", ""]
-    lines += ["| rows | ms per step | ms per row | GFLOP/s | share of matmul |", "|---:|---:|---:|---:|---:|"]
+    lines += ["| rows | top-k | ms per step | ms per row | GFLOP/s | share of matmul |", "|---:" * 6 + "|"]
     for f in found:
         lines.append(
-            f"| {f['rows']} | {f['ms_per_step']} | {f['ms_per_step'] / f['rows']:.3f} | {f['gflops']:.1f} "
-            f"| {f['gflops'] / matmul:.0%} |"
+            f"| {f['rows']} | {f['candidates']} | {f['ms_per_step']} | {f['ms_per_step'] / f['rows']:.3f} "
+            f"| {f['gflops']:.1f} | {f['gflops'] / matmul:.0%} |"
         )
     print("\n".join(lines))
     return {"threads": threads, "matmul_gflops": matmul, "steps": found}
@@ -484,6 +502,7 @@ def main(argv: list[str] | None = None) -> dict:
                     int8_profile = step_profile(int8, sources, 64, threads, 3 if args.dry_run else 50)
 
     step = decoder_step_rate(engine, sources, 64, 3 if args.dry_run else 50)
+    beam_step = decoder_step_rate(engine, sources, 64, 3 if args.dry_run else 50, candidates=2 * BEAM)
     profile = step_profile(engine, sources, 64, threads, 3 if args.dry_run else 50)
     split = [time_split(engine, sources, beam, **batching) for beam in (1, BEAM)]
     replay = live_vs_replay(engine, sources, BEAM, **batching)
@@ -496,6 +515,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batching": {**batching, "max_requests": args.max_requests, "wait_ms": args.wait_ms},
         "rows": rows,
         "decoder_step": step,
+        "decoder_step_beam": beam_step,
         "matmul_gflops": matmul,
         "targets": ratios(rows, step, matmul),
         "continuous_time_split": split,
@@ -506,7 +526,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["int8_decoder_step"] = int8_step
         report["int8_decoder_step_profile"] = int8_profile
         report["targets"]["int8_step_speedup"] = round(step["ms_per_step"] / int8_step["ms_per_step"], 2)
-    table = markdown(rows, step, matmul)
+    table = markdown(rows, [step, beam_step], matmul)
     table += "\n\n" + where_time_goes(split, profile, report.get("int8_decoder_step_profile"))
     table += (
         f"\n\nDecoder run inside a continuous beam-{replay['beam']} run: median {replay['live_median_ms']} ms; "

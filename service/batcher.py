@@ -405,7 +405,8 @@ class Batcher:
             sources[first : first + e.search.reserved_rows] = [e.source] * e.search.reserved_rows
             tokens[first : first + n] = e.search.prev_tokens()
             origin[first : first + n] = e.origin
-        out = self.engine.decode_step(DecoderState(tokens, sources, origin, self._last))
+        candidates = max(e.search.candidates for e in active)
+        out = self.engine.decode_step(DecoderState(tokens, sources, origin, self._last, candidates))
         self._last = out
         self.counters["steps"] += 1
         self.counters["rows_per_step"] = R

@@ -21,11 +21,13 @@ FORMAT_VERSION = 1
 FILE_KEYS = ("encoder", "decoder_step", "src_tokenizer", "tgt_tokenizer")
 ENCODER_INPUTS = ["src_ids", "src_lengths"]
 ENCODER_OUTPUTS = ["memory", "keys", "src_mask", "hidden"]
-DECODER_INPUTS = ["prev_tokens", "hidden", "memory", "keys", "src_mask"]
+# "k", the top-k width of a step, came later: a decoder graph without it (exported before)
+# always gives sizes.topk candidates per row and is still served.
+DECODER_INPUTS = ["prev_tokens", "hidden", "memory", "keys", "src_mask", "k"]
 DECODER_OUTPUTS = ["log_probs", "hidden_out", "attention", "topk_log_probs", "topk_ids"]
 GRAPH_IO = {
-    "encoder": (ENCODER_INPUTS, ENCODER_OUTPUTS),
-    "decoder_step": (DECODER_INPUTS, DECODER_OUTPUTS),
+    "encoder": ([ENCODER_INPUTS], ENCODER_OUTPUTS),
+    "decoder_step": ([DECODER_INPUTS, DECODER_INPUTS[:-1]], DECODER_OUTPUTS),
 }
 REQUIRED_FIELDS = ("id", "version", "source_lang", "target_lang", "files", "special_tokens", "sizes", "graphs")
 
@@ -49,6 +51,10 @@ class Bundle:
 
     def file(self, key: str) -> Path:
         return self.path / self.manifest["files"][key]
+
+    def graph_io(self, key: str, kind: str) -> list[str]:
+        """The input or output names of a graph, as model.json declares them."""
+        return self.manifest["graphs"][key][kind]
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -119,9 +125,10 @@ def load_bundle(path: str | Path) -> Bundle:
         if not (folder / name).is_file():
             raise BundleError(f"bundle file missing: {name} (files.{key} in model.json) in {folder}")
     for graph, (inputs, outputs) in GRAPH_IO.items():
-        for kind, expected in (("inputs", inputs), ("outputs", outputs)):
+        for kind, accepted in (("inputs", inputs), ("outputs", [outputs])):
             declared = _field(manifest, f"graphs.{graph}.{kind}")
-            if declared != expected:
+            if declared not in accepted:
+                expected = " or ".join(str(names) for names in accepted)
                 raise BundleError(f"model.json: graphs.{graph}.{kind} is {declared}, the service expects {expected}")
     ids = {key: int(_field(manifest, f"special_tokens.{key}")) for key in ("pad", "unk", "bos", "eos")}
     names = _field(manifest, "special_tokens.names")
@@ -159,8 +166,8 @@ def check_graph(bundle: Bundle, key: str, inputs: list[Any], outputs: list[Any])
     """Check an opened graph (onnxruntime NodeArg lists) against the manifest: the input and
     output names, and the fixed dimensions the manifest gives sizes for."""
     name = bundle.manifest["files"][key]
-    expected_in, expected_out = GRAPH_IO[key]
-    for kind, args, expected in (("inputs", inputs, expected_in), ("outputs", outputs, expected_out)):
+    for kind, args in (("inputs", inputs), ("outputs", outputs)):
+        expected = bundle.graph_io(key, kind)  # one of GRAPH_IO's, checked by load_bundle
         found = [a.name for a in args]
         if found != expected:
             raise BundleError(f"{name}: graph {kind} are {found}, model.json graphs.{key}.{kind} says {expected}")

@@ -55,6 +55,7 @@ class Search(ABC):
     the most it will ever use (what a batch budget counts)."""
 
     reserved_rows: int
+    candidates: int  # the top-k width `advance` reads per row
 
     def __init__(self, *, bos_id: int, eos_id: int, max_length: int, length_penalty: float) -> None:
         if max_length < 1:
@@ -115,6 +116,7 @@ class GreedySearch(Search):
     """The most likely next token at each step; one row."""
 
     reserved_rows = 1
+    candidates = 1
 
     def __init__(self, *, bos_id: int, eos_id: int, max_length: int, length_penalty: float = 0.6) -> None:
         super().__init__(bos_id=bos_id, eos_id=eos_id, max_length=max_length, length_penalty=length_penalty)
@@ -183,6 +185,7 @@ class BeamSearch(Search):
             raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
         self.k, self.n_best = beam_size, n_best
         self.reserved_rows = beam_size
+        self.candidates = 2 * beam_size
         self._scores = np.zeros(1)  # (n,) float64 log-prob of each live hypothesis
         self._last = np.array([bos_id], dtype=np.int64)  # (n,) its last token
         self._attn: list[np.ndarray] = []  # step t: (n_t, S)

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# what a CPU step fetches: the (R, V) log-probs are computed for the top-k but not copied out
+STEP_OUTPUTS = ["hidden_out", "attention", "topk_log_probs", "topk_ids"]
 
 
 @dataclass(eq=False)
@@ -61,12 +63,15 @@ class DecoderState:
         origin: (R,) int64 the row of `previous` whose hidden state each row continues;
             -1 for a fresh row, which starts from its source's initial state.
         previous: the output of the step before, None at the first.
+        candidates: the top-k width any row needs (greedy 1, a beam of b 2b); 0 for the
+            widest the graph gives. A graph exported without the "k" input always gives its widest.
     """
 
     tokens: np.ndarray
     sources: list[EncodedSource | None]
     origin: np.ndarray
     previous: StepOutput | None = None
+    candidates: int = 0
 
 
 class SourceRows:
@@ -175,7 +180,8 @@ class Engine:
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self.device_id = device_id
         self.io_binding = self.device == "cuda" if io_binding is None else io_binding
-        self.topk = int(bundle.sizes["topk"])
+        self.topk = int(bundle.sizes["topk"])  # the widest top-k of the graph
+        self.topk_input = "k" in bundle.graph_io("decoder_step", "inputs")
         log.info(
             "onnxruntime %s: %s%s, intra-op threads %s, IO binding %s",
             ort.__version__,
@@ -203,11 +209,19 @@ class Engine:
         hidden = self._hidden(state)
         tokens = np.ascontiguousarray(state.tokens, dtype=np.int64)
         R = len(tokens)
+        width = self.topk_feed(state.candidates)
         if self.io_binding:
-            return self._run_bound(tokens, hidden, rows, R)
-        feeds = {"prev_tokens": tokens, "hidden": hidden, **rows.views(R)}
-        _, hidden_out, attention, top_lp, top_ids = self.decoder.run(None, feeds)
+            return self._run_bound(tokens, hidden, rows, R, width)
+        feeds = {"prev_tokens": tokens, "hidden": hidden, **rows.views(R), **width}
+        hidden_out, attention, top_lp, top_ids = self.decoder.run(STEP_OUTPUTS, feeds)
         return StepOutput(top_lp, top_ids, attention, hidden_out, rows)
+
+    def topk_feed(self, candidates: int) -> dict[str, np.ndarray]:
+        """The "k" feed: the candidates asked for, within 1..topk; none for a graph without it."""
+        if not self.topk_input:
+            return {}
+        k = self.topk if candidates <= 0 else min(candidates, self.topk)
+        return {"k": np.array([k], dtype=np.int64)}
 
     def _source_rows(self, state: DecoderState) -> SourceRows:
         """The previous step's buffers with the changed rows rewritten, or new buffers when
@@ -249,7 +263,9 @@ class Engine:
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id)
 
-    def _run_bound(self, tokens: np.ndarray, hidden: Any, rows: SourceRows, R: int) -> StepOutput:
+    def _run_bound(
+        self, tokens: np.ndarray, hidden: Any, rows: SourceRows, R: int, width: dict[str, np.ndarray]
+    ) -> StepOutput:
         """The decoder step with IO binding: the source tensors are uploaded only when a row
         changed, the hidden state and the log-probs stay on the device, top-k and attention
         come back."""
@@ -257,6 +273,8 @@ class Engine:
             rows.device = {name: self._to_device(view) for name, view in rows.views(R).items()}
         binding = self.decoder.io_binding()
         binding.bind_cpu_input("prev_tokens", tokens)
+        for name, value in width.items():
+            binding.bind_cpu_input(name, value)
         binding.bind_ortvalue_input("hidden", hidden)
         for name, value in rows.device.items():
             binding.bind_ortvalue_input(name, value)

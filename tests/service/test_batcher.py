@@ -27,6 +27,7 @@ class ScriptedEngine:
         self.delay, self.gate = delay, gate
         self.rows: list[int] = []  # rows of each step
         self.live: list[int] = []  # rows with a source
+        self.candidates: list[int] = []  # top-k width each step asked for
         self.after_step = None
 
     def encode(self, batch):
@@ -44,6 +45,7 @@ class ScriptedEngine:
             raise RuntimeError("poisoned step")
         self.rows.append(len(state.tokens))
         self.live.append(len(live))
+        self.candidates.append(state.candidates)
         lengths = np.array([1000 if src is None else src.length for src in state.sources])
         nxt = np.where(state.tokens == BOS, FIRST, state.tokens + 1)
         nxt = np.where(nxt >= FIRST + lengths - 1, EOS, nxt)
@@ -117,6 +119,21 @@ def test_the_row_and_token_budgets_cap_a_step(make_batcher):
     for e in entries:
         assert e.future.result(5).stop_reason == "eos"
     assert max(engine.rows) == 4  # two beams of two rows
+
+
+def test_a_step_asks_for_the_candidates_its_widest_search_reads(make_batcher):
+    engine = ScriptedEngine(delay=0.002)
+    batcher = make_batcher(engine)
+    assert batcher.submit([5] * 4, greedy()).future.result(5).stop_reason == "eos"
+    assert set(engine.candidates) == {1}  # greedy reads the best token only
+    long = batcher.submit([5] * 40, greedy())
+    wait_for(lambda: len(engine.rows) >= 8)
+    beam = batcher.submit([5] * 4, BeamSearch(bos_id=BOS, eos_id=EOS, max_length=50, beam_size=3))
+    assert beam.future.result(5).stop_reason == "eos"
+    long.future.result(5)
+    beam_steps = [i for i, live in enumerate(engine.live) if live > 1]
+    assert beam_steps and all(engine.candidates[i] == 6 for i in beam_steps)  # 2 x beam, greedy row beside
+    assert engine.candidates[-1] == 1  # the beam left; the greedy one asks for 1 again
 
 
 def test_a_finished_entry_leaves_its_rows_to_the_next_and_sparse_layouts_compact():

@@ -235,6 +235,58 @@ def test_a_row_reads_the_same_whatever_rows_share_its_step(engine):
     np.testing.assert_allclose(steps[4].attention[2, :4], second.attention[0, :4], atol=1e-6)
 
 
+def test_a_step_gives_as_many_candidates_as_asked_within_the_graphs_widest(engine):
+    sources = engine.encode([[5, 6, 7, 8, 9, 3], [10, 3]])
+    fresh = (np.array([BOS, BOS]), sources, np.array([-1, -1]))
+    widest = engine.decode_step(DecoderState(*fresh))
+    assert widest.topk_ids.shape == (2, engine.topk)
+    for asked, given in ((1, 1), (10, 10), (engine.topk + 5, engine.topk)):
+        out = engine.decode_step(DecoderState(*fresh, candidates=asked))
+        assert out.topk_ids.shape == (2, given)
+        np.testing.assert_array_equal(out.topk_ids, widest.topk_ids[:, :given])
+        np.testing.assert_array_equal(out.topk_log_probs, widest.topk_log_probs[:, :given])
+
+
+def fixed_width_copy(folder: Path) -> None:
+    """Turn a bundle into one exported before the "k" input: top-k width a constant of the
+    graph (sizes.topk), the manifest without "k", the version digest made again."""
+    import onnx
+    from onnx import numpy_helper
+
+    from service.bundle import FILE_KEYS, file_digest
+
+    model = onnx.load(folder / "decoder_step.onnx")
+    manifest = json.loads((folder / "model.json").read_text())
+    (topk,) = [n for n in model.graph.node if n.op_type == "TopK"]
+    topk.input[1] = "fixed_k"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([manifest["sizes"]["topk"]]), "fixed_k"))
+    kept = [i for i in model.graph.input if i.name != "k"]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    for out in model.graph.output:
+        if out.name.startswith("topk_"):
+            out.type.tensor_type.shape.dim[1].dim_value = manifest["sizes"]["topk"]
+    onnx.checker.check_model(model)
+    onnx.save(model, folder / "decoder_step.onnx")
+    manifest["graphs"]["decoder_step"]["inputs"].remove("k")
+    manifest["version"] = file_digest(folder, [manifest["files"][key] for key in FILE_KEYS])
+    (folder / "model.json").write_text(json.dumps(manifest))
+
+
+def test_a_bundle_exported_before_the_width_input_is_still_served(broken, engine):
+    folder, _ = broken
+    fixed_width_copy(folder)
+    old = Engine(load_bundle(folder), device="cpu", threads=1)
+    assert not old.topk_input and engine.topk_input
+    sources = engine.encode([[5, 6, 7, 8, 9, 3], [10, 3], [11, 12, 13, 3]])
+    for new, before in zip(run_steps(engine, sources), run_steps(old, sources), strict=True):
+        assert before.topk_ids.shape[1] == engine.topk
+        np.testing.assert_array_equal(new.topk_ids, before.topk_ids)
+        np.testing.assert_allclose(new.attention, before.attention, atol=1e-6)
+    greedy = old.decode_step(DecoderState(np.array([BOS]), sources[:1], np.array([-1]), candidates=1))
+    assert greedy.topk_ids.shape == (1, engine.topk)  # its graph always gives its widest
+
+
 def test_source_rows_are_rewritten_only_when_a_row_changes_hands(engine):
     a, b, c = engine.encode([[5, 6, 7, 8, 9, 3], [10, 3], [11, 12, 13, 3]])
     rows = SourceRows(4, 8, a.memory.shape[1], a.keys.shape[1])

@@ -5,11 +5,14 @@
     python loadtest/bench_engine.py --dry-run --bundle B --test T   # seconds, for CI
 
 Rows, each greedy and beam 5: PyTorch eager batch 1 (with --checkpoint), onnxruntime batch 1,
-request-level batching, continuous batching with every sentence arriving at once and with
-Poisson arrivals, and continuous batching on a dynamic-int8 copy of the bundle (--int8).
-Figures: sentences/s, target tokens/s, p50/p99 per-sentence latency (arrival to answer), BLEU
-against the references; then the decoder step's achieved GFLOP/s at 64 rows next to the
-float32 matrix-product rate onnxruntime reaches on this machine with the same threads.
+request-level batching, continuous batching with every sentence arriving at once, the same with
+each sentence encoded beforehand on a thread of its own (as the service does) and with Poisson
+arrivals, and continuous batching on a dynamic-int8 copy of the bundle (--int8); then, greedy,
+batch 1 and continuous with onnxruntime's intra-op threads spinning between runs (its default;
+the engine lets them sleep). Figures: sentences/s, target tokens/s, p50/p99 per-sentence latency
+(arrival to answer), BLEU against the references; then the decoder step's achieved GFLOP/s at 64
+rows next to the float32 matrix-product rate onnxruntime reaches on this machine with the same
+threads, and the ceiling of continuous over batch 1 that the step and the encoder allow.
 Prints a Markdown table and writes the figures as JSON.
 """
 
@@ -254,6 +257,7 @@ def step_profile(
     opts.intra_op_num_threads = threads
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.enable_profiling = True
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engine
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "step")
         graph = str(engine.bundle.file("decoder_step"))
@@ -282,9 +286,12 @@ def step_flops(manifest: dict, src_len: float) -> float:
     return 2.0 * (gru + scores + src_len * M + output)
 
 
-def decoder_step_rate(engine: Engine, sources: list[list[int]], rows: int, steps: int, candidates: int = 1) -> dict:
+def decoder_step_rate(
+    engine: Engine, sources: list[list[int]], rows: int, steps: int, candidates: int = 1, rounds: int = 5
+) -> dict:
     """Time the bare decoder step for `rows` rows continuing themselves, each asking for
-    `candidates` (greedy 1, beam b 2b); achieved GFLOP/s."""
+    `candidates` (greedy 1, beam b 2b): the mean of `steps` steps, the best of `rounds` (as the
+    matrix-product yardstick takes its best run); achieved GFLOP/s."""
     batch, encoded, out = first_step(engine, sources, rows, candidates)
     src_len = float(np.mean([len(s) for s in batch]))
 
@@ -293,10 +300,12 @@ def decoder_step_rate(engine: Engine, sources: list[list[int]], rows: int, steps
 
     for _ in range(3):  # warm up
         out = step(out)
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = step(out)
-    seconds = (time.perf_counter() - start) / steps
+    seconds = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = step(out)
+        seconds = min(seconds, (time.perf_counter() - start) / steps)
     gflops = step_flops(engine.bundle.manifest, src_len) * rows / seconds / 1e9
     return {
         "rows": rows,
@@ -307,8 +316,32 @@ def decoder_step_rate(engine: Engine, sources: list[list[int]], rows: int, steps
     }
 
 
-def matmul_rate(threads: int, size: int, repeats: int) -> float:
-    """float32 GFLOP/s of a (size x size) @ (size x size) product in onnxruntime, same threads."""
+def continuous_ceiling(engine: Engine, sources: list[list[int]], batch1: dict, step: dict) -> dict:
+    """The most continuous batching can gain over batch 1 here, greedy: batch 1's seconds per
+    sentence over those of a perfect continuous run, one whose every step holds `step["rows"]`
+    rows and which spends nothing outside onnxruntime: each sentence's encoding (in batches of
+    16) plus its tokens times the step's cost per row."""
+    start = time.perf_counter()
+    for i in range(0, len(sources), 16):
+        engine.encode(sources[i : i + 16])
+    encode_ms = (time.perf_counter() - start) / len(sources) * 1e3
+    tokens = batch1["tokens_per_s"] / batch1["sentences_per_s"]  # per sentence
+    row_ms = step["ms_per_step"] / step["rows"]
+    ideal_ms = encode_ms + tokens * row_ms
+    batch1_ms = 1e3 / batch1["sentences_per_s"]
+    return {
+        "encode_ms_per_sentence": round(encode_ms, 3),
+        "tokens_per_sentence": round(tokens, 1),
+        "step_ms_per_row": round(row_ms, 4),
+        "ideal_ms_per_sentence": round(ideal_ms, 3),
+        "batch1_ms_per_sentence": round(batch1_ms, 3),
+        "ceiling": round(batch1_ms / ideal_ms, 2),
+    }
+
+
+def matmul_rate(threads: int, size: int, repeats: int, spinning: bool) -> float:
+    """float32 GFLOP/s of a (size x size) @ (size x size) product in onnxruntime, same threads
+    (the best of `repeats` runs)."""
     from onnx import TensorProto, helper
 
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])
@@ -319,6 +352,7 @@ def matmul_rate(threads: int, size: int, repeats: int) -> float:
     model.ir_version = 8
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {"a": np.random.rand(size, size).astype(np.float32), "b": np.random.rand(size, size).astype(np.float32)}
     session.run(None, feeds)
@@ -331,10 +365,11 @@ def matmul_rate(threads: int, size: int, repeats: int) -> float:
 
 
 def peak_matmul_rate(threads: int, dry_run: bool = False) -> float:
-    """The best float32 GFLOP/s of square products of 256, 512 and 1024 (here 512 is fastest: it
-    fits in cache), the yardstick of the step's efficiency."""
+    """The best float32 GFLOP/s of square products of 256, 512 and 1024, with the intra-op
+    threads spinning or not (here 512 is fastest: it fits in cache), the yardstick of the
+    step's efficiency."""
     sizes = (64,) if dry_run else (256, 512, 1024)
-    return max(matmul_rate(threads, size, 3 if dry_run else 10) for size in sizes)
+    return max(matmul_rate(threads, size, 3 if dry_run else 10, spin) for size in sizes for spin in (False, True))
 
 
 def quantized_copy(bundle_dir: Path, folder: Path) -> Path:
@@ -402,6 +437,10 @@ def ratios(rows: list[dict], step: dict, matmul: float) -> dict:
         out["continuous_encoded_ahead_vs_ort_batch1"] = round(by[("continuous, encoded ahead", 1)] / ort1, 2)
         if ("pytorch eager batch 1", 1) in by:
             out["ort_batch1_vs_pytorch"] = round(ort1 / by[("pytorch eager batch 1", 1)], 2)
+    for key, name in (("ort_batch1", "onnxruntime batch 1"), ("continuous", "continuous, all at once")):
+        off, on = by.get((name, 1)), by.get((f"{name}, spinning", 1))
+        if off and on:
+            out[f"{key}_not_spinning_vs_spinning"] = round(off / on, 2)
     if ("int8 continuous, all at once", 1) in by:
         out["int8_vs_float32_continuous"] = round(
             by[("int8 continuous, all at once", 1)] / by[("continuous, all at once", 1)], 2
@@ -434,6 +473,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--int8", action="store_true", help="also measure a dynamic-int8 copy of the bundle")
     ap.add_argument("--limit", type=int, default=0, help="sentences of the test split (0 = all)")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = one per core: no event loop here)")
+    ap.add_argument(
+        "--encoder-threads", type=int, default=1, help="encoder threads of the 'encoded ahead' rows (service default 1)"
+    )
     ap.add_argument("--max-rows", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=8192)
     ap.add_argument("--max-requests", type=int, default=32)
@@ -455,6 +497,8 @@ def main(argv: list[str] | None = None) -> dict:
     threads = args.threads or os.cpu_count() or 1
     bundle = load_bundle(args.bundle)
     engine = Engine(bundle, device="cpu", threads=threads)
+    # the encoder on a thread of its own beside the decoder, with its own threads, as in the service
+    beside = Engine(bundle, device="cpu", threads=threads, encoder_threads=args.encoder_threads)
     sources = [bundle.encode(p.src) for p in pairs]
     refs = [p.tgt for p in pairs]
     batching = {"max_rows": args.max_rows, "max_tokens": args.max_tokens}
@@ -485,7 +529,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(summarize("request-level batching", beam, *request, refs, bundle))
         together = run_batcher(engine, sources, beam, "continuous", None, **batching)
         rows.append(summarize("continuous, all at once", beam, *together, refs, bundle))
-        ahead = run_batcher(engine, sources, beam, "continuous", None, encode_ahead=True, **batching)
+        ahead = run_batcher(beside, sources, beam, "continuous", None, encode_ahead=True, **batching)
         rows.append(summarize("continuous, encoded ahead", beam, *ahead, refs, bundle))
         rate = args.load * len(sources) / together[0]
         rng = random.Random(args.seed)
@@ -501,9 +545,16 @@ def main(argv: list[str] | None = None) -> dict:
                     int8_step = decoder_step_rate(int8, sources, 64, 3 if args.dry_run else 50)
                     int8_profile = step_profile(int8, sources, 64, threads, 3 if args.dry_run else 50)
 
+    # onnxruntime's default, intra-op threads that spin between runs, against the engine's (they sleep)
+    spinning = Engine(bundle, device="cpu", threads=threads, spinning=True)
+    rows.append(summarize("onnxruntime batch 1, spinning", 1, *run_sequential(spinning, sources, 1), refs, bundle))
+    spun = run_batcher(spinning, sources, 1, "continuous", None, **batching)
+    rows.append(summarize("continuous, all at once, spinning", 1, *spun, refs, bundle))
     step = decoder_step_rate(engine, sources, 64, 3 if args.dry_run else 50)
     beam_step = decoder_step_rate(engine, sources, 64, 3 if args.dry_run else 50, candidates=2 * BEAM)
     profile = step_profile(engine, sources, 64, threads, 3 if args.dry_run else 50)
+    batch1 = next(r for r in rows if r["config"] == "onnxruntime batch 1" and r["beam"] == 1)
+    ceiling = continuous_ceiling(engine, sources, batch1, step)
     split = [time_split(engine, sources, beam, **batching) for beam in (1, BEAM)]
     replay = live_vs_replay(engine, sources, BEAM, **batching)
     matmul = peak_matmul_rate(threads, args.dry_run)
@@ -516,6 +567,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
         "decoder_step": step,
         "decoder_step_beam": beam_step,
+        "continuous_ceiling": ceiling,
         "matmul_gflops": matmul,
         "targets": ratios(rows, step, matmul),
         "continuous_time_split": split,
@@ -526,7 +578,14 @@ def main(argv: list[str] | None = None) -> dict:
         report["int8_decoder_step"] = int8_step
         report["int8_decoder_step_profile"] = int8_profile
         report["targets"]["int8_step_speedup"] = round(step["ms_per_step"] / int8_step["ms_per_step"], 2)
+    report["targets"]["continuous_ceiling_vs_ort_batch1"] = ceiling["ceiling"]
     table = markdown(rows, [step, beam_step], matmul)
+    table += (
+        f"\n\nCeiling of continuous over batch 1, greedy: {ceiling['ceiling']}x. Batch 1 took "
+        f"{ceiling['batch1_ms_per_sentence']} ms a sentence; a perfect continuous run would take "
+        f"{ceiling['ideal_ms_per_sentence']} ms: {ceiling['encode_ms_per_sentence']} ms to encode it and "
+        f"{ceiling['tokens_per_sentence']} tokens x {ceiling['step_ms_per_row']} ms a row of a {step['rows']}-row step."
+    )
     table += "\n\n" + where_time_goes(split, profile, report.get("int8_decoder_step_profile"))
     table += (
         f"\n\nDecoder run inside a continuous beam-{replay['beam']} run: median {replay['live_median_ms']} ms; "

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when onnxruntime offers it, else CPU
     cuda_device_id: int = 0
     intra_op_threads: int = 0  # 0: one per core but one, left to the event loop (at least 1)
+    encoder_threads: int = 1  # onnxruntime threads of the encoder, which runs beside the decoder; 0: as the decoder
+    intra_op_spinning: bool = False  # let onnxruntime's idle intra-op threads spin (busy-wait) between runs
     warmup: bool = True  # decode a sentence before reporting ready
 
     # Batching and queue policy

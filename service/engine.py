@@ -149,7 +149,14 @@ class Engine:
     Args:
         bundle: a validated bundle.
         device: "auto", "cpu" or "cuda" (Settings.device).
-        threads: intra-op threads, 0 for `auto_threads()`.
+        threads: intra-op threads of the decoder, 0 for `auto_threads()`.
+        encoder_threads: intra-op threads of the encoder; 0 for the same as the decoder's. When
+            encoding runs on a thread of its own beside the decoder (the service), 1: two pools
+            that together want more threads than there are cores stall each other (on 2 cores,
+            2 + 2 threads decoded 50 sentences/s against 560 for 2 + 1; docs/PERFORMANCE.md).
+        spinning: let idle intra-op threads busy-wait for the next run (onnxruntime's default).
+            Off, they sleep, and the batcher's Python between steps gets the cores they would
+            burn: faster on 2 cores, batch 1 and continuous (docs/PERFORMANCE.md).
         device_id: the CUDA device.
         io_binding: run the decoder with IO binding; None means on CUDA only. Forcing it on
             CPU runs the device code path with host memory (the tests do).
@@ -161,19 +168,27 @@ class Engine:
         *,
         device: str = "auto",
         threads: int = 0,
+        encoder_threads: int = 0,
+        spinning: bool = False,
         device_id: int = 0,
         io_binding: bool | None = None,
     ) -> None:
         self.bundle = bundle
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         threads = threads or auto_threads()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+        encoder_threads = encoder_threads or threads
         providers = choose_providers(device, ort.get_available_providers(), device_id)
-        self.encoder = ort.InferenceSession(str(bundle.file("encoder")), opts, providers=providers)
-        self.decoder = ort.InferenceSession(str(bundle.file("decoder_step")), opts, providers=providers)
+
+        def session(key: str, intra_op: int) -> ort.InferenceSession:
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.intra_op_num_threads = intra_op
+            opts.inter_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+            return ort.InferenceSession(str(bundle.file(key)), opts, providers=providers)
+
+        self.encoder = session("encoder", encoder_threads)
+        self.decoder = session("decoder_step", threads)
         for key, sess in (("encoder", self.encoder), ("decoder_step", self.decoder)):
             check_graph(bundle, key, sess.get_inputs(), sess.get_outputs())
         self.provider = self.decoder.get_providers()[0]
@@ -183,11 +198,13 @@ class Engine:
         self.topk = int(bundle.sizes["topk"])  # the widest top-k of the graph
         self.topk_input = "k" in bundle.graph_io("decoder_step", "inputs")
         log.info(
-            "onnxruntime %s: %s%s, intra-op threads %s, IO binding %s",
+            "onnxruntime %s: %s%s, intra-op threads %s decoder, %s encoder (%s), IO binding %s",
             ort.__version__,
             self.provider,
             f" (device {device_id})" if self.device == "cuda" else "",
             threads,
+            encoder_threads,
+            "spinning" if spinning else "not spinning",
             "on" if self.io_binding else "off",
         )
 

@@ -79,7 +79,12 @@ class Translator:
         self.bundle = load_bundle(settings.bundle_dir)
         check_version(self.bundle)
         self.engine = Engine(
-            self.bundle, device=settings.device, threads=settings.intra_op_threads, device_id=settings.cuda_device_id
+            self.bundle,
+            device=settings.device,
+            threads=settings.intra_op_threads,
+            encoder_threads=settings.encoder_threads,
+            spinning=settings.intra_op_spinning,
+            device_id=settings.cuda_device_id,
         )
         self.batcher = Batcher(
             self.engine,

@@ -320,6 +320,11 @@ def test_the_engine_benchmark_dry_run_writes_its_table(tiny_bundle, tmp_path):
     assert "| beam 1 |" in done.stdout and "onnxruntime profile" in done.stdout
     replay = report["step_live_vs_replayed"]
     assert replay["live_median_ms"] > 0 and replay["replayed_median_ms"] > 0 and replay["steps"] > 0
+    configs = {(r["config"], r["beam"]) for r in report["rows"]}
+    assert {("continuous, encoded ahead", 5), ("onnxruntime batch 1, spinning", 1)} <= configs
+    assert report["decoder_step"]["candidates"] == 1 and report["decoder_step_beam"]["candidates"] == 10
+    ceiling = report["continuous_ceiling"]
+    assert 0 < ceiling["ideal_ms_per_sentence"] and ceiling["ceiling"] > 0 and "Ceiling of continuous" in done.stdout
 
 
 def test_the_engine_benchmark_can_time_the_bare_step_alone(tiny_bundle):
@@ -330,6 +335,22 @@ def test_the_engine_benchmark_can_time_the_bare_step_alone(tiny_bundle):
     )
     assert done.returncode == 0, done.stderr
     assert "| 1 |" in done.stdout and "| 4 |" in done.stdout and "share of matmul" in done.stdout
+
+
+def test_idle_intra_op_threads_sleep_unless_spinning_is_asked_for(bundle):
+    for spinning, entry in ((False, "0"), (True, "1")):
+        engine = Engine(bundle, device="cpu", threads=2, spinning=spinning)
+        for session in (engine.encoder, engine.decoder):
+            options = session.get_session_options()
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+
+
+def test_the_encoder_gets_its_own_thread_count_or_the_decoders(bundle):
+    def threads(engine):
+        return [s.get_session_options().intra_op_num_threads for s in (engine.encoder, engine.decoder)]
+
+    assert threads(Engine(bundle, device="cpu", threads=2, encoder_threads=1)) == [1, 2]
+    assert threads(Engine(bundle, device="cpu", threads=2)) == [2, 2]
 
 
 def test_auto_threads_leave_one_core_to_the_event_loop():

@@ -78,12 +78,17 @@ class Entry:
     origin: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     cancelled: bool = False
 
+    def __post_init__(self) -> None:
+        # a waiter that cancels the future cancels the entry: the batcher, which asks every
+        # entry at every step, then reads a flag instead of taking the future's lock
+        self.future.add_done_callback(lambda future: self.cancel() if future.cancelled() else None)
+
     def cancel(self) -> None:
         """Ask for the entry to stop; its rows are freed at the next step."""
         self.cancelled = True
 
     def interruption(self, now: float) -> str | None:
-        if self.cancelled or self.future.cancelled():
+        if self.cancelled:
             return "cancelled"
         if self.deadline is not None and now >= self.deadline:
             return "deadline"

@@ -153,7 +153,8 @@ class Engine:
         encoder_threads: intra-op threads of the encoder; 0 for the same as the decoder's. When
             encoding runs on a thread of its own beside the decoder (the service), 1: two pools
             that together want more threads than there are cores stall each other (on 2 cores,
-            2 + 2 threads decoded 50 sentences/s against 560 for 2 + 1; docs/PERFORMANCE.md).
+            2 + 2 threads encoded ahead 70 greedy sentences/s against 604 for 2 + 1 in the
+            engine benchmark; docs/PERFORMANCE.md).
         spinning: let idle intra-op threads busy-wait for the next run (onnxruntime's default).
             Off, they sleep, and the batcher's Python between steps gets the cores they would
             burn: faster on 2 cores, batch 1 and continuous (docs/PERFORMANCE.md).

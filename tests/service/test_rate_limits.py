@@ -27,7 +27,10 @@ def test_characters_over_the_minute_get_429_with_retry_after(make_client):
     assert r.status_code == 429
     assert r.json()["limit"] == "rate_limit_chars_per_minute"
     assert "100 source characters per minute" in r.json()["error"]
-    assert 1 <= int(r.headers["retry-after"]) <= 60
+    # up to two minutes: the sliding-window counter lets the used minute's share fade over the
+    # next one (60 chars charged early in a minute leave no room for 50 more until ~9 s into
+    # the next); the exact waits are tested below with a fixed clock
+    assert 1 <= int(r.headers["retry-after"]) <= 120
     assert client.post("/translate", json=chars(40)).status_code == 200  # what is left still fits
     assert "mt_rate_limit_rejections_total 1.0" in client.get("/metrics").text
 

@@ -39,7 +39,7 @@ from model.corpus import Pair, read_tsv  # noqa: E402
 from service.batcher import Batcher  # noqa: E402
 from service.bundle import Bundle, load_bundle  # noqa: E402
 from service.decoding import BeamSearch, GreedySearch, Search  # noqa: E402
-from service.engine import STEP_OUTPUTS, DecoderState, Engine  # noqa: E402
+from service.engine import STEP_OUTPUTS, DecoderState, Engine, session_options  # noqa: E402
 
 BEAM = 5
 
@@ -253,11 +253,8 @@ def step_profile(
         **out.source_rows.views(rows),  # type: ignore[union-attr]
         **engine.topk_feed(candidates),
     }
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts = session_options(threads)  # as the engine's
     opts.enable_profiling = True
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engine
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "step")
         graph = str(engine.bundle.file("decoder_step"))
@@ -350,9 +347,7 @@ def matmul_rate(threads: int, size: int, repeats: int, spinning: bool) -> float:
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", [a, b], [c])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts = session_options(threads, spinning)
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {"a": np.random.rand(size, size).astype(np.float32), "b": np.random.rand(size, size).astype(np.float32)}
     session.run(None, feeds)

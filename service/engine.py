@@ -139,6 +139,18 @@ def auto_threads(cores: int | None = None) -> int:
     return max(1, cores - 1)
 
 
+def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
+    """The engine's session options: all graph optimizations, sequential, `threads` intra-op
+    threads that spin between runs or sleep (see Engine)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return opts
+
+
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -180,12 +192,7 @@ class Engine:
         providers = choose_providers(device, ort.get_available_providers(), device_id)
 
         def session(key: str, intra_op: int) -> ort.InferenceSession:
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            opts.intra_op_num_threads = intra_op
-            opts.inter_op_num_threads = 1
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+            opts = session_options(intra_op, spinning)
             return ort.InferenceSession(str(bundle.file(key)), opts, providers=providers)
 
         self.encoder = session("encoder", encoder_threads)

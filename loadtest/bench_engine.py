@@ -336,6 +336,27 @@ def continuous_ceiling(engine: Engine, sources: list[list[int]], batch1: dict, s
     }
 
 
+def encoder_rates(engine: Engine, sources: list[list[int]], rounds: int = 3) -> list[dict]:
+    """ms per sentence of the encoder over the whole split, the best of `rounds`: each sentence
+    alone; in groups of 16 and 64 as they come, each group one run padded to its longest; the
+    same groups through `Engine.encode`, which runs each group by length (`length_groups`)."""
+    ways = [("alone", 1, lambda batch: [engine.encode([s]) for s in batch])]
+    for n in (16, 64):
+        ways.append((f"{n} as they come, one run padded to the longest", n, engine._encode_run))
+        ways.append((f"{n} as they come, run by length (Engine.encode)", n, engine.encode))
+    found = []
+    for name, n, encode in ways:
+        encode(sources[:n])  # warm up
+        best = float("inf")
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for i in range(0, len(sources), n):
+                encode(sources[i : i + n])
+            best = min(best, time.perf_counter() - start)
+        found.append({"encoding": name, "ms_per_sentence": round(best / len(sources) * 1e3, 3)})
+    return found
+
+
 def matmul_rate(threads: int, size: int, repeats: int, spinning: bool) -> float:
     """float32 GFLOP/s of a (size x size) @ (size x size) product in onnxruntime, same threads
     (the best of `repeats` runs)."""
@@ -559,6 +580,7 @@ def main(argv: list[str] | None = None) -> dict:
     ceiling = continuous_ceiling(engine, sources, batch1, step)
     split = [time_split(engine, sources, beam, **batching) for beam in (1, BEAM)]
     replay = live_vs_replay(engine, sources, BEAM, **batching)
+    encoding = encoder_rates(beside, sources, 1 if args.dry_run else 3)
     matmul = peak_matmul_rate(threads, args.dry_run)
     report = {
         "bundle": str(args.bundle),
@@ -575,6 +597,7 @@ def main(argv: list[str] | None = None) -> dict:
         "continuous_time_split": split,
         "step_live_vs_replayed": replay,
         "decoder_step_profile": profile,
+        "encoder": {"threads": args.encoder_threads, "rates": encoding},
     }
     if args.int8:
         report["int8_decoder_step"] = int8_step
@@ -593,6 +616,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"\n\nDecoder run inside a continuous beam-{replay['beam']} run: median {replay['live_median_ms']} ms; "
         f"the same inputs run again back to back: {replay['replayed_median_ms']} ms ({threads} threads)."
     )
+    threads_named = f"{args.encoder_threads} thread" + ("s" if args.encoder_threads != 1 else "")
+    table += f"\n\nThe encoder, {threads_named} (the service: 1), on the whole split:\n\n"
+    table += "| encoding | ms per sentence |\n|---|---:|\n"
+    table += "\n".join(f"| {e['encoding']} | {e['ms_per_sentence']} |" for e in encoding)
     print(table)
     print(json.dumps(report["targets"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -151,6 +151,34 @@ def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
     return opts
 
 
+# one encoder run: sentences at most, and its padded ids over its real ids at most
+ENCODE_GROUP = 32
+ENCODE_PADDING = 1.25
+
+
+def length_groups(lengths: list[int], most: int = ENCODE_GROUP, padding: float = ENCODE_PADDING) -> list[list[int]]:
+    """Indices of `lengths` in groups to encode together: by length, shortest first, each group
+    of at most `most` whose padding to its longest adds at most `padding` - 1 to its ids.
+
+    The encoder's cost follows the padded length, and it gains from batching only past one
+    sentence: with one onnxruntime thread, 1.14 ms a test sentence alone, 0.76 to 0.84 in
+    groups of 4 to 64 of like length, 1.25 in groups of 16 as they come (docs/PERFORMANCE.md).
+    """
+    groups: list[list[int]] = []
+    group: list[int] = []
+    ids = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        n = lengths[i]  # the longest of the group so far
+        if group and (len(group) == most or (len(group) + 1) * n > padding * (ids + n)):
+            groups.append(group)
+            group, ids = [], 0
+        group.append(i)
+        ids += n
+    if group:
+        groups.append(group)
+    return groups
+
+
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -217,7 +245,17 @@ class Engine:
         )
 
     def encode(self, batch: list[list[int]]) -> list[EncodedSource]:
-        """Encode source id lists (each ending in EOS) together; one EncodedSource each."""
+        """Encode source id lists (each ending in EOS); one EncodedSource each, in order. The
+        encoder runs once per group of `length_groups`, so that a batch of mixed lengths is not
+        padded to its longest."""
+        found: list[EncodedSource | None] = [None] * len(batch)
+        for group in length_groups([len(s) for s in batch]):
+            for i, source in zip(group, self._encode_run([batch[i] for i in group]), strict=True):
+                found[i] = source
+        return found  # type: ignore[return-value]  # every index is in one group
+
+    def _encode_run(self, batch: list[list[int]]) -> list[EncodedSource]:
+        """One run of the encoder graph over `batch`, padded to its longest."""
         lengths = np.array([len(s) for s in batch], dtype=np.int64)  # (B,)
         ids = np.full((len(batch), int(lengths.max())), self.bundle.pad_id, dtype=np.int64)  # (B, S)
         for i, s in enumerate(batch):

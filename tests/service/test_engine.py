@@ -12,7 +12,16 @@ import onnxruntime as ort
 import pytest
 
 from service.bundle import BundleError, load_bundle
-from service.engine import CPU, CUDA, DecoderState, Engine, SourceRows, auto_threads, choose_providers
+from service.engine import (
+    CPU,
+    CUDA,
+    DecoderState,
+    Engine,
+    SourceRows,
+    auto_threads,
+    choose_providers,
+    length_groups,
+)
 
 BOS = 2
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,12 +182,36 @@ def test_the_engine_stays_on_cpu_when_told_to(bundle, fake_cuda):
 
 def test_encoding_together_equals_encoding_alone(engine):
     batch = [[5, 6, 7, 8, 9, 3], [10, 3], [11, 12, 3]]
-    together = engine.encode(batch)
-    for ids, src in zip(batch, together, strict=True):
-        (alone,) = engine.encode([ids])
-        assert src.length == len(ids)
-        np.testing.assert_allclose(src.memory, alone.memory, atol=1e-6)
-        np.testing.assert_allclose(src.hidden, alone.hidden, atol=1e-6)
+    alone = [engine.encode([ids])[0] for ids in batch]
+    # grouped by length, and in one run padded to the longest
+    for together in (engine.encode(batch), engine._encode_run(batch)):
+        for ids, src, one in zip(batch, together, alone, strict=True):
+            assert src.length == len(ids)
+            np.testing.assert_allclose(src.memory, one.memory, atol=1e-6)
+            np.testing.assert_allclose(src.keys, one.keys, atol=1e-6)
+            np.testing.assert_allclose(src.hidden, one.hidden, atol=1e-6)
+
+
+def test_sources_are_encoded_in_runs_of_like_length(engine, monkeypatch):
+    runs, real = [], engine._encode_run
+    monkeypatch.setattr(engine, "_encode_run", lambda batch: runs.append([len(s) for s in batch]) or real(batch))
+    lengths = [30, 4, 5, 31, 4, 29, 60]
+    found = engine.encode([[7] * (n - 1) + [3] for n in lengths])
+    assert runs == [[4, 4, 5], [29, 30, 31], [60]]
+    assert [s.length for s in found] == lengths  # in the order given
+
+
+def test_length_groups_cover_every_source_once_within_their_bounds():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = rng.integers(1, 120, size=int(rng.integers(0, 90))).tolist()
+        groups = length_groups(lengths, most=16, padding=1.25)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        for g in groups:
+            ids = [lengths[i] for i in g]
+            assert len(g) <= 16 and len(g) * max(ids) <= 1.25 * sum(ids)
+    assert length_groups([9] * 40, most=16) == [list(range(16)), list(range(16, 32)), list(range(32, 40))]
+    assert length_groups([]) == []
 
 
 def test_attention_rows_sum_to_one_and_are_zero_on_padding(engine):
@@ -257,8 +290,8 @@ def fixed_width_copy(folder: Path) -> None:
 
     model = onnx.load(folder / "decoder_step.onnx")
     manifest = json.loads((folder / "model.json").read_text())
-    (topk,) = [n for n in model.graph.node if n.op_type == "TopK"]
-    topk.input[1] = "fixed_k"
+    for node in model.graph.node:  # the top-k nodes read a constant width instead
+        node.input[:] = ["fixed_k" if name == "k" else name for name in node.input]
     model.graph.initializer.append(numpy_helper.from_array(np.array([manifest["sizes"]["topk"]]), "fixed_k"))
     kept = [i for i in model.graph.input if i.name != "k"]
     del model.graph.input[:]

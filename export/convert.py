@@ -62,9 +62,10 @@ class DecoderStepGraph(nn.Module):
 
     def forward(self, prev_tokens, hidden, memory, keys, src_mask):
         logits, hidden_out, weights = self.decoder(prev_tokens.unsqueeze(1), hidden, memory, keys, src_mask)
-        log_probs = torch.log_softmax(logits[:, 0], dim=-1)  # (B, V)
+        # squeeze, not [:, 0]: a Squeeze is free in onnxruntime, a Gather copies the (B, V) logits
+        log_probs = torch.log_softmax(logits.squeeze(1), dim=-1)  # (B, V)
         top_lp, top_id = torch.topk(log_probs, self.topk, dim=-1)  # (B, K)
-        return log_probs, hidden_out, weights[:, 0], top_lp, top_id
+        return log_probs, hidden_out, weights.squeeze(1), top_lp, top_id
 
 
 def export_graphs(model: Seq2Seq, folder: Path) -> None:

@@ -43,3 +43,10 @@ def test_int8_bundle_is_smaller_and_still_decodes(tiny_checkpoint, tmp_path):
     tokens, logps = ort_greedy(folder, [[5, 6, 7, 3]])
     assert len(tokens[0]) >= 1
     assert np.allclose(np.exp(logps[0]).sum(-1), 1.0, atol=1e-3)
+
+
+def test_the_decoder_step_copies_no_logits_to_drop_the_time_axis(tiny_bundle):
+    graph = onnx.load(tiny_bundle / "decoder_step.onnx").graph
+    tables = {t.name for t in graph.initializer}
+    assert "Squeeze" in {n.op_type for n in graph.node}
+    assert all(n.input[0] in tables for n in graph.node if n.op_type == "Gather")  # lookups in tables only

@@ -464,24 +464,34 @@ def ratios(rows: list[dict], step: dict, matmul: float) -> dict:
     return out
 
 
-def steps_only(engine: Engine, sources: list[list[int]], rows: list[int], threads: int, dry_run: bool) -> dict:
-    """The bare decoder step at each row count: ms per step, ms per row, GFLOP/s, share of the matmul rate."""
+def steps_only(
+    engines: dict[str, Engine], sources: list[list[int]], rows: list[int], threads: int, dry_run: bool
+) -> dict:
+    """The bare decoder step of each bundle at each row count: ms per step, ms per row, GFLOP/s,
+    share of the matmul rate."""
     matmul = peak_matmul_rate(threads, dry_run)
-    # greedy, beam 5, and the widest (the one width of older graphs); rounds interleaved, so that
-    # the machine's drift falls on every configuration alike; the best round of each
-    configs = [(r, k) for r in rows for k in sorted({1, 2 * BEAM, engine.topk})]
-    best: dict[tuple[int, int], dict] = {}
+    # greedy, beam 5, and the widest (the one width of older graphs); rounds interleaved, bundles
+    # included, so that the machine's drift falls on every configuration alike; the best round of each
+    configs = [
+        (name, r, k) for r in rows for name, engine in engines.items() for k in sorted({1, 2 * BEAM, engine.topk})
+    ]
+    best: dict[tuple[str, int, int], dict] = {}
     for _ in range(5):
-        for r, k in configs:
-            found = decoder_step_rate(engine, sources, r, 3 if dry_run else 50, candidates=k, rounds=1)
-            if (r, k) not in best or found["ms_per_step"] < best[(r, k)]["ms_per_step"]:
-                best[(r, k)] = found
+        for name, r, k in configs:
+            found = decoder_step_rate(engines[name], sources, r, 3 if dry_run else 50, candidates=k, rounds=1)
+            if (name, r, k) not in best or found["ms_per_step"] < best[(name, r, k)]["ms_per_step"]:
+                best[(name, r, k)] = {"bundle": name, **found}
     found = [best[c] for c in configs]
+    several = len(engines) > 1
     lines = [f"threads {threads}, float32 matrix product (best of 256, 512, 1024) {matmul:.1f} GFLOP/s", ""]
-    lines += ["| rows | top-k | ms per step | ms per row | GFLOP/s | share of matmul |", "|---:" * 6 + "|"]
+    head = ["rows", "top-k", "ms per step", "ms per row", "GFLOP/s", "share of matmul"]
+    lines += ["| " + " | ".join((["bundle"] if several else []) + head) + " |"]
+    lines += ["|" + ("---|" if several else "") + "---:|" * len(head)]
     for f in found:
         lines.append(
-            f"| {f['rows']} | {f['candidates']} | {f['ms_per_step']} | {f['ms_per_step'] / f['rows']:.3f} "
+            "| "
+            + (f"{f['bundle']} | " if several else "")
+            + f"{f['rows']} | {f['candidates']} | {f['ms_per_step']} | {f['ms_per_step'] / f['rows']:.3f} "
             f"| {f['gflops']:.1f} | {f['gflops'] / matmul:.0%} |"
         )
     print("\n".join(lines))
@@ -512,6 +522,11 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="ROWS",
         help="only time the bare decoder step at these rows (e.g. 1,16,64) and the matmul rate, then stop",
     )
+    ap.add_argument(
+        "--against",
+        type=Path,
+        help="with --steps-only: also time this bundle's step, interleaved (e.g. an older export)",
+    )
     args = ap.parse_args(argv)
 
     pairs: list[Pair] = read_tsv(args.test)
@@ -527,7 +542,10 @@ def main(argv: list[str] | None = None) -> dict:
     batching = {"max_rows": args.max_rows, "max_tokens": args.max_tokens}
     print(f"{len(pairs)} sentences, bundle {args.bundle}, threads {threads}", file=sys.stderr)
     if args.steps_only:
-        return steps_only(engine, sources, [int(r) for r in args.steps_only.split(",")], threads, args.dry_run)
+        engines = {str(args.bundle): engine}
+        if args.against:
+            engines[str(args.against)] = Engine(load_bundle(args.against), device="cpu", threads=threads)
+        return steps_only(engines, sources, [int(r) for r in args.steps_only.split(",")], threads, args.dry_run)
     run_batcher(engine, sources[:4], 1, "continuous", None, **batching)  # warm up
 
     rows = []

@@ -370,6 +370,21 @@ def test_the_engine_benchmark_can_time_the_bare_step_alone(tiny_bundle):
     assert "| 1 |" in done.stdout and "| 4 |" in done.stdout and "share of matmul" in done.stdout
 
 
+def test_the_engine_benchmark_times_two_bundles_steps_side_by_side(tiny_bundle, tmp_path):
+    test = Path(__file__).resolve().parents[1] / "fixtures" / "tiny" / "test.tsv"
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bundle, other)
+    args = ["--dry-run", "--bundle", str(tiny_bundle), "--test", str(test), "--threads", "1", "--steps-only", "4"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest" / "bench_engine.py"), *args, "--against", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"| {tiny_bundle} | 4 | 1 |" in done.stdout and f"| {other} | 4 | 1 |" in done.stdout
+
+
 def test_idle_intra_op_threads_sleep_unless_spinning_is_asked_for(bundle):
     for spinning, entry in ((False, "0"), (True, "1")):
         engine = Engine(bundle, device="cpu", threads=2, spinning=spinning)

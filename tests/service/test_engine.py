@@ -331,18 +331,24 @@ def test_source_rows_are_rewritten_only_when_a_row_changes_hands(engine):
     assert (rows.memory[0, 4:] == 0).all() and rows.mask[0].tolist() == [True] * 4 + [False] * 4
 
 
-def test_the_engine_benchmark_dry_run_writes_its_table(tiny_bundle, tmp_path):
-    out = tmp_path / "bench.json"
+def run_bench(bundle: Path, *args: str) -> str:
+    """bench_engine.py --dry-run on the tiny bundle and test split, one thread; its stdout."""
     test = Path(__file__).resolve().parents[1] / "fixtures" / "tiny" / "test.tsv"
-    args = ["--dry-run", "--bundle", str(tiny_bundle), "--test", str(test), "--threads", "1", "--int8"]
+    common = ["--dry-run", "--bundle", str(bundle), "--test", str(test), "--threads", "1"]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "loadtest" / "bench_engine.py"), *args, "--json", str(out)],
+        [sys.executable, str(ROOT / "loadtest" / "bench_engine.py"), *common, *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "| continuous, all at once | 1 |" in done.stdout
+    return done.stdout
+
+
+def test_the_engine_benchmark_dry_run_writes_its_table(tiny_bundle, tmp_path):
+    out = tmp_path / "bench.json"
+    stdout = run_bench(tiny_bundle, "--int8", "--json", str(out))
+    assert "| continuous, all at once | 1 |" in stdout
     report = json.loads(out.read_text())
     assert {r["config"] for r in report["rows"]} >= {"onnxruntime batch 1", "request-level batching"}
     assert report["decoder_step"]["gflops"] > 0 and report["matmul_gflops"] > 0
@@ -350,39 +356,31 @@ def test_the_engine_benchmark_dry_run_writes_its_table(tiny_bundle, tmp_path):
     split = report["continuous_time_split"][0]
     assert split["encode_share"] > 0 and split["decode_step_share"] > 0 and split["steps"] > 0
     assert report["decoder_step_profile"][0]["ms"] > 0 and report["int8_decoder_step_profile"]
-    assert "| beam 1 |" in done.stdout and "onnxruntime profile" in done.stdout
+    assert "| beam 1 |" in stdout and "onnxruntime profile" in stdout
     replay = report["step_live_vs_replayed"]
     assert replay["live_median_ms"] > 0 and replay["replayed_median_ms"] > 0 and replay["steps"] > 0
     configs = {(r["config"], r["beam"]) for r in report["rows"]}
     assert {("continuous, encoded ahead", 5), ("onnxruntime batch 1, spinning", 1)} <= configs
     assert report["decoder_step"]["candidates"] == 1 and report["decoder_step_beam"]["candidates"] == 10
     ceiling = report["continuous_ceiling"]
-    assert 0 < ceiling["ideal_ms_per_sentence"] and ceiling["ceiling"] > 0 and "Ceiling of continuous" in done.stdout
+    assert 0 < ceiling["ideal_ms_per_sentence"] and ceiling["ceiling"] > 0 and "Ceiling of continuous" in stdout
+    assert [e["encoding"] for e in report["encoder"]["rates"]][:2] == [
+        "alone",
+        "16 as they come, one run padded to the longest",
+    ]
+    assert all(e["ms_per_sentence"] > 0 for e in report["encoder"]["rates"]) and "| encoding |" in stdout
 
 
 def test_the_engine_benchmark_can_time_the_bare_step_alone(tiny_bundle):
-    test = Path(__file__).resolve().parents[1] / "fixtures" / "tiny" / "test.tsv"
-    args = ["--dry-run", "--bundle", str(tiny_bundle), "--test", str(test), "--threads", "1", "--steps-only", "1,4"]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "loadtest" / "bench_engine.py"), *args], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert "| 1 |" in done.stdout and "| 4 |" in done.stdout and "share of matmul" in done.stdout
+    stdout = run_bench(tiny_bundle, "--steps-only", "1,4")
+    assert "| 1 |" in stdout and "| 4 |" in stdout and "share of matmul" in stdout
 
 
 def test_the_engine_benchmark_times_two_bundles_steps_side_by_side(tiny_bundle, tmp_path):
-    test = Path(__file__).resolve().parents[1] / "fixtures" / "tiny" / "test.tsv"
     other = tmp_path / "other"
     shutil.copytree(tiny_bundle, other)
-    args = ["--dry-run", "--bundle", str(tiny_bundle), "--test", str(test), "--threads", "1", "--steps-only", "4"]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "loadtest" / "bench_engine.py"), *args, "--against", str(other)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"| {tiny_bundle} | 4 | 1 |" in done.stdout and f"| {other} | 4 | 1 |" in done.stdout
+    stdout = run_bench(tiny_bundle, "--steps-only", "4", "--against", str(other))
+    assert f"| {tiny_bundle} | 4 | 1 |" in stdout and f"| {other} | 4 | 1 |" in stdout
 
 
 def test_idle_intra_op_threads_sleep_unless_spinning_is_asked_for(bundle):

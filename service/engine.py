@@ -160,9 +160,9 @@ def length_groups(lengths: list[int], most: int = ENCODE_GROUP, padding: float =
     """Indices of `lengths` in groups to encode together: by length, shortest first, each group
     of at most `most` whose padding to its longest adds at most `padding` - 1 to its ids.
 
-    The encoder's cost follows the padded length, and it gains from batching only past one
-    sentence: with one onnxruntime thread, 1.14 ms a test sentence alone, 0.76 to 0.84 in
-    groups of 4 to 64 of like length, 1.25 in groups of 16 as they come (docs/PERFORMANCE.md).
+    The encoder's cost follows the padded length of its run: with one onnxruntime thread, a test
+    sentence cost 1.58 to 1.61 ms alone, 1.62 to 1.86 in runs of 64 as they came, and 0.93 to
+    0.98 when those 64 ran by length (docs/PERFORMANCE.md, fourth session).
     """
     groups: list[list[int]] = []
     group: list[int] = []

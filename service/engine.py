@@ -248,11 +248,10 @@ class Engine:
         """Encode source id lists (each ending in EOS); one EncodedSource each, in order. The
         encoder runs once per group of `length_groups`, so that a batch of mixed lengths is not
         padded to its longest."""
-        found: list[EncodedSource | None] = [None] * len(batch)
+        found: dict[int, EncodedSource] = {}
         for group in length_groups([len(s) for s in batch]):
-            for i, source in zip(group, self._encode_run([batch[i] for i in group]), strict=True):
-                found[i] = source
-        return found  # type: ignore[return-value]  # every index is in one group
+            found.update(zip(group, self._encode_run([batch[i] for i in group]), strict=True))
+        return [found[i] for i in range(len(batch))]
 
     def _encode_run(self, batch: list[list[int]]) -> list[EncodedSource]:
         """One run of the encoder graph over `batch`, padded to its longest."""
